@@ -36,15 +36,15 @@ class Backbone:
     input_size: int = 224  # square input side in pixels
     # "tf": the model expects [-1, 1] (x / 127.5 - 1); "raw": [0, 255], rescaled inside the model
     preprocessing: Preprocessing = "tf"
-    tf1_input_name: str = (
-        "input"  # input tensor name of the classic TF1 frozen graph (label_image)
-    )
+    tf1_input_name: str = "input"  # input tensor name of the classic TF1 frozen graph (label_image)
     # feature (bottleneck) layer and dimension: the layer whose output is global-average-pooled
     feature_layer: str = ""
     feature_dim: int = 0
     # weights source (Keras application weights without top, cached in $KERAS_HOME/models)
     weights_file: str = ""
     weights_url: str = ""
+    # the same with the 1,000-class ImageNet classifier on top (Classify page's pretrained mode)
+    top_weights_file: str = ""
     # paper
     paper: str = ""
     paper_url: str = ""
@@ -72,6 +72,7 @@ def _mobilenet_v1(alpha: float, size: int) -> Backbone:
         feature_dim=int(1024 * alpha),
         weights_file=file,
         weights_url=_KERAS_APPS + "mobilenet/" + file,
+        top_weights_file=f"mobilenet_{keras_alpha}_{size}_tf.h5",
         paper="MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications",
         paper_url="https://arxiv.org/abs/1704.04861",
         year=2017,
@@ -80,9 +81,7 @@ def _mobilenet_v1(alpha: float, size: int) -> Backbone:
 
 def _registry() -> dict[str, Backbone]:
     entries = [
-        _mobilenet_v1(alpha, size)
-        for alpha in (1.0, 0.75, 0.5, 0.25)
-        for size in (224, 192, 160, 128)
+        _mobilenet_v1(alpha, size) for alpha in (1.0, 0.75, 0.5, 0.25) for size in (224, 192, 160, 128)
     ]
     v2_file = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     entries.append(
@@ -98,6 +97,7 @@ def _registry() -> dict[str, Backbone]:
             feature_dim=1280,
             weights_file=v2_file,
             weights_url=_KERAS_APPS + "mobilenet_v2/" + v2_file,
+            top_weights_file=v2_file.replace("_no_top", ""),
             paper="MobileNetV2: Inverted Residuals and Linear Bottlenecks",
             paper_url="https://arxiv.org/abs/1801.04381",
             year=2018,
@@ -123,6 +123,7 @@ def _registry() -> dict[str, Backbone]:
                 feature_dim=dim,
                 weights_file=file,
                 weights_url=_KERAS_APPS + "mobilenet_v3/" + file,
+                top_weights_file=file.replace("_no_top_v2", ""),
                 paper="Searching for MobileNetV3",
                 paper_url="https://arxiv.org/abs/1905.02244",
                 year=2019,
@@ -141,6 +142,7 @@ def _registry() -> dict[str, Backbone]:
             feature_dim=2048,
             weights_file=inc_file,
             weights_url=_KERAS_APPS + "inception_v3/" + inc_file,
+            top_weights_file=inc_file.replace("_notop", ""),
             paper="Rethinking the Inception Architecture for Computer Vision",
             paper_url="https://arxiv.org/abs/1512.00567",
             year=2016,
@@ -158,6 +160,7 @@ def _registry() -> dict[str, Backbone]:
             feature_dim=1280,
             weights_file="efficientnetb0_notop.h5",
             weights_url="https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
+            top_weights_file="efficientnetb0.h5",
             paper="EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
             paper_url="https://arxiv.org/abs/1905.11946",
             year=2019,
@@ -184,23 +187,20 @@ def get_backbone(name: str) -> Backbone:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise NotFound(
-            f"Unknown backbone {name!r}; choose one of: {', '.join(_REGISTRY)}"
-        ) from None
+        raise NotFound(f"Unknown backbone {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
 
 
 def check_weights(weights: str) -> str:
     """Validate a weights choice ("imagenet" or "random")."""
     if weights not in WEIGHTS_CHOICES:
-        raise InvalidArgument(
-            f"weights must be one of {WEIGHTS_CHOICES}, got weights={weights!r}"
-        )
+        raise InvalidArgument(f"weights must be one of {WEIGHTS_CHOICES}, got weights={weights!r}")
     return weights
 
 
-def weights_path(name: str) -> Path:
-    """Where Keras keeps (or would download) the ImageNet weights of `name`."""
-    return config.keras_models_dir() / get_backbone(name).weights_file
+def weights_path(name: str, top: bool = False) -> Path:
+    """Where Keras keeps (or would download) the ImageNet weights of `name` (with top: classifier)."""
+    backbone = get_backbone(name)
+    return config.keras_models_dir() / (backbone.top_weights_file if top else backbone.weights_file)
 
 
 def weights_cached(name: str) -> bool:
@@ -208,9 +208,7 @@ def weights_cached(name: str) -> bool:
     return weights_path(name).is_file()
 
 
-def network_available(
-    host: str = "storage.googleapis.com", timeout: float = 1.5
-) -> bool:
+def network_available(host: str = "storage.googleapis.com", timeout: float = 1.5) -> bool:
     """A quick TCP probe, so offline use fails in about a second instead of hanging."""
     try:
         with socket.create_connection((host, 443), timeout=timeout):
@@ -219,30 +217,33 @@ def network_available(
         return False
 
 
-def ensure_weights(name: str) -> Path:
+def ensure_weights(name: str, top: bool = False) -> Path:
     """Return the local path of `name`'s ImageNet weights, downloading them with Keras if needed.
+
+    Args:
+        name: a registry name.
+        top: the weights of the full 1,000-class classifier instead of the headless backbone.
 
     Raises:
         WeightsMissing: not cached and not downloadable; says which file and where it goes.
     """
     backbone = get_backbone(name)
-    path = weights_path(name)
+    path = weights_path(name, top=top)
     if path.is_file():
         return path
+    url = backbone.weights_url.rsplit("/", 1)[0] + "/" + path.name
     hint = (
-        f"ImageNet weights for {name} are not cached: expected {backbone.weights_file} in "
-        f"{path.parent} (download it from {backbone.weights_url}, or use weights='random')"
+        f"ImageNet weights for {name} are not cached: expected {path.name} in "
+        f"{path.parent} (download it from {url}" + (")" if top else ", or use weights='random')")
     )
     if not network_available():
-        raise WeightsMissing(
-            hint + ". The network is unreachable, so it cannot be downloaded now."
-        )
+        raise WeightsMissing(hint + ". The network is unreachable, so it cannot be downloaded now.")
     import keras
 
     try:
         local = keras.utils.get_file(
-            backbone.weights_file,
-            backbone.weights_url,
+            path.name,
+            url,
             cache_dir=str(config.keras_home()),
             cache_subdir="models",
         )

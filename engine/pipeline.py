@@ -1,0 +1,299 @@
+"""One retrain run, end to end: scan -> weights -> bottlenecks -> head -> evaluate -> save.
+
+This is retrain.py's main() as a function: every phase is timed, reports progress and can be
+cancelled; everything a run needs later (model, labels, config, metrics, environment) is written
+into the run's own folder so the folder is portable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import backbones, datasets, features, training
+from engine.errors import Cancelled, InvalidArgument, LabError
+from engine.progress import CancelFn, ProgressFn, check_cancel, emit
+from engine.training import TrainConfig
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a retrain run; saved with the run via `asdict`."""
+
+    # folder of class subfolders, or a named source: "flowers", "beans", "demo"
+    source: str
+    # registry name of the backbone whose bottleneck features feed the head
+    architecture: str = backbones.DEFAULT_BACKBONE
+    # "imagenet" uses Keras' pretrained weights; "random" shows what pretraining is worth
+    weights: str = "imagenet"
+    # retrain.py's split percentages; the split is a stable hash of each file name
+    validation_percentage: int = 10
+    testing_percentage: int = 10
+    # head training (and optional fine-tuning) knobs, retrain.py's defaults
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # a label for tables and plots; defaults to "<architecture> lr=<rate>"
+    name: str | None = None
+    # groups runs of one experiment (learning-rate race, freezing study, ...)
+    experiment_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        if not self.source:
+            raise InvalidArgument(f"a dataset source is required, got source={self.source!r}")
+        backbones.get_backbone(self.architecture)
+        backbones.check_weights(self.weights)
+        for key in ("validation_percentage", "testing_percentage"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or not 0 <= value < 100:
+                raise InvalidArgument(f"{key} must be an integer in [0, 100), got {key}={value!r}")
+        if self.validation_percentage + self.testing_percentage >= 100:
+            raise InvalidArgument(
+                "validation_percentage + testing_percentage must leave training images, got "
+                f"{self.validation_percentage} + {self.testing_percentage}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(**data)
+
+    def display_name(self) -> str:
+        return self.name or f"{self.architecture} lr={self.train.learning_rate:g}"
+
+
+@dataclass
+class RunSummary:
+    """What a finished run reports to the CLI and to job results."""
+
+    run_id: str
+    test_accuracy: float | None
+    phases: dict[str, float]
+    cache: dict[str, Any]
+    status: str = "finished"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Phases:
+    """Times named phases and records them in the store as they end."""
+
+    def __init__(self, store, run_id: str) -> None:
+        self.store, self.run_id, self.seconds = store, run_id, {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 4)
+            self.store.log_phase(self.run_id, name, self.seconds[name])
+
+
+def _open_store(store):
+    if store is not None:
+        return store
+    from engine.store import RunStore
+
+    return RunStore()
+
+
+def retrain(
+    config: RunConfig,
+    store=None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> RunSummary:
+    """Run one retrain and store it.
+
+    Raises:
+        LabError: bad data, missing weights, cancellation; the run is stored as failed/cancelled.
+    """
+    from engine.store import collect_environment
+
+    store = _open_store(store)
+    run = store.create_run(
+        asdict(config), kind="retrain", name=config.display_name(), experiment_id=config.experiment_id
+    )
+    emit(progress, "scan", 0, 0, f"Run {run.id} created", run_id=run.id)
+    store.set_environment(run.id, collect_environment())
+    phases = _Phases(store, run.id)
+    try:
+        summary = _execute(config, store, run.id, phases, progress, cancel)
+    except Cancelled as exc:
+        store.finish_run(run.id, {"phases": phases.seconds}, status="cancelled", error=str(exc))
+        raise
+    except LabError as exc:
+        store.finish_run(run.id, {"phases": phases.seconds}, status="failed", error=str(exc))
+        raise
+    except Exception as exc:
+        store.finish_run(
+            run.id, {"phases": phases.seconds}, status="failed", error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
+    return summary
+
+
+def _execute(config, store, run_id, phases, progress, cancel) -> RunSummary:
+    with phases("scan"):
+        root = datasets.resolve_source(config.source, progress=progress, cancel=cancel)
+        data = datasets.scan_image_dir(root, config.validation_percentage, config.testing_percentage)
+        emit(progress, "scan", 1, 1, f"{len(data.records)} images in {len(data.classes)} classes")
+    if config.weights == "imagenet":
+        with phases("weights"):
+            emit(progress, "weights", 0, 1, f"Loading ImageNet weights for {config.architecture}")
+            backbones.ensure_weights(config.architecture)
+    check_cancel(cancel)
+    with phases("extract"):
+        feats = features.extract_features(
+            data.records,
+            config.architecture,
+            config.weights,
+            seed=config.train.seed,
+            progress=progress,
+            cancel=cancel,
+        )
+    x = feats.features
+    label_index = data.label_index
+    y = np.array([label_index[r.label] for r in data.records], dtype=np.int32)
+    split = np.array([r.split for r in data.records])
+    sel = {name: split == name for name in ("train", "validation", "test")}
+    if not sel["train"].any():
+        raise LabError(
+            "No training images after the split: add images or lower the validation/test percentages"
+        )
+
+    history_buffer: list[dict] = []
+
+    def on_train(event: dict) -> None:
+        row = event.get("row")
+        if row:
+            history_buffer.append(row)
+            store.log_metrics(run_id, [row])
+        if progress is not None:
+            progress(event)
+
+    with phases("train"):
+        head = training.train_head(
+            x[sel["train"]],
+            y[sel["train"]],
+            x[sel["validation"]],
+            y[sel["validation"]],
+            len(data.classes),
+            config.train,
+            progress=on_train,
+            cancel=cancel,
+        )
+    history = head.history
+    with phases("evaluate"):
+        emit(progress, "evaluate", 0, 1, "Evaluating on the test split")
+        test_records = [r for r, keep in zip(data.records, sel["test"], strict=True) if keep]
+        results = _evaluate(head, x[sel["test"]], y[sel["test"]], test_records, data.classes)
+    model_parts = None
+    if config.train.fine_tune_layers > 0:
+        with phases("fine_tune"):
+            model_parts, ft_history = training.fine_tune(
+                data,
+                config.architecture,
+                config.weights,
+                config.train,
+                head,
+                progress=progress,
+                cancel=cancel,
+            )
+            history = history + ft_history
+            results["fine_tune"] = {
+                "layers": config.train.fine_tune_layers,
+                "bypasses_cache": True,
+                "note": "Fine-tuning trains on distorted images end to end, "
+                "so it bypasses the bottleneck cache.",
+            }
+    with phases("save"):
+        emit(progress, "save", 0, 1, "Saving the classifier")
+        _save_artifacts(store.run_dir(run_id), config, data, head, model_parts, history, results, feats)
+    results.update(
+        {
+            "dataset": data.summary(),
+            "cache": feats.stats.as_dict(),
+            "phases": phases.seconds,
+            "num_classes": len(data.classes),
+            "class_names": data.classes,
+        }
+    )
+    store.finish_run(run_id, results, status="finished")
+    emit(progress, "save", 1, 1, f"Run {run_id} finished", run_id=run_id)
+    return RunSummary(
+        run_id=run_id,
+        test_accuracy=results.get("test_accuracy"),
+        phases=phases.seconds,
+        cache=feats.stats.as_dict(),
+    )
+
+
+def _evaluate(head, x_test, y_test, test_records, class_names) -> dict[str, Any]:
+    if len(y_test) == 0:
+        return {"test_accuracy": None, "test_count": 0, "note": "The test split is empty."}
+    probs = training.head_probabilities(head.kernel, head.bias, x_test)
+    ev = training.evaluate(probs, y_test, class_names)
+    misclassified = [
+        {
+            "path": rec.path,
+            "true": class_names[int(t)],
+            "predicted": class_names[int(p)],
+            "probability": round(float(probs[i, int(p)]), 4),
+        }
+        for i, (rec, t, p) in enumerate(zip(test_records, y_test, ev.predicted, strict=True))
+        if t != p
+    ]
+    return {
+        "test_accuracy": float(ev.accuracy),
+        "test_count": int(len(y_test)),
+        "per_class_accuracy": ev.per_class_accuracy,
+        "confusion_matrix": ev.confusion,
+        "misclassified": misclassified,
+        "final": history_last(head.history),
+    }
+
+
+def history_last(history: list[dict]) -> dict[str, Any]:
+    """The last evaluation row of a history (empty dict for none)."""
+    return dict(history[-1]) if history else {}
+
+
+def build_classifier(architecture: str, weights: str, kernel, bias, seed: int = 0):
+    """The deployable classifier: 0..255 pixels -> preprocessing -> backbone -> softmax head."""
+    import keras
+
+    extractor = backbones.build_feature_extractor(architecture, weights=weights, seed=seed)
+    head = keras.layers.Dense(kernel.shape[1], activation="softmax", name="head")
+    outputs = head(extractor.output)
+    head.set_weights([np.asarray(kernel), np.asarray(bias)])
+    return keras.Model(extractor.input, outputs, name=f"classifier_{architecture}")
+
+
+def _save_artifacts(folder: Path, config, data, head, model_parts, history, results, feats) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model = (
+        model_parts
+        if model_parts is not None
+        else build_classifier(
+            config.architecture, config.weights, head.kernel, head.bias, seed=config.train.seed
+        )
+    )
+    model.save(folder / "model.keras")
+    (folder / "labels.txt").write_text("\n".join(data.classes) + "\n")
+    (folder / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    metrics = {"history": history, "results": results, "cache": feats.stats.as_dict()}
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+
+
+def run_job(params: dict[str, Any], progress=None, cancel=None, store=None) -> dict[str, Any]:
+    """Job entry point (kind "retrain"): params are `asdict(RunConfig)`."""
+    return retrain(RunConfig.from_dict(params), store=store, progress=progress, cancel=cancel).as_dict()
