@@ -8,9 +8,7 @@ from pathlib import Path
 
 def lab_home() -> Path:
     """The data directory: `$LAB_HOME`, default `~/.classifier_lab`. Created on first use."""
-    root = Path(
-        os.environ.get("LAB_HOME") or Path.home() / ".classifier_lab"
-    ).expanduser()
+    root = Path(os.environ.get("LAB_HOME") or Path.home() / ".classifier_lab").expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
 

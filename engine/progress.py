@@ -40,9 +40,7 @@ def emit(
 ) -> None:
     """Send one event to `progress` if there is a callback."""
     if progress is not None:
-        progress(
-            {"phase": phase, "done": done, "total": total, "message": message, **extra}
-        )
+        progress({"phase": phase, "done": done, "total": total, "message": message, **extra})
 
 
 def check_cancel(cancel: CancelFn | None) -> None:
