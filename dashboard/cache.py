@@ -1,0 +1,151 @@
+"""Every `st.cache_resource` / `st.cache_data` wrapper of the dashboard, in one place.
+
+Resources (the run store, loaded classifiers, TensorFlow facts) are shared by all sessions of the
+server; data caches hold plain values. TensorFlow is imported only inside the loaders that need it,
+so pages without a model never pay for it. Caches are keyed by the data directory as well, because
+tests (and users) may point `LAB_HOME` somewhere else within one server process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from engine import backbones, config, images, sysinfo
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def _home() -> str:
+    return str(config.lab_home())
+
+
+# -- store -------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner=False)
+def _store(home: str):
+    from engine.store import RunStore
+
+    return RunStore()  # reads LAB_HOME, which `home` keys
+
+
+def store():
+    """The run store of the current data directory (one object per directory, thread-safe)."""
+    return _store(_home())
+
+
+# -- environment -------------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, ttl=600)
+def basic_facts() -> dict[str, Any]:
+    """Versions, CPU and packages; instant, no TensorFlow import."""
+    return sysinfo.basic_facts()
+
+
+@st.cache_resource(show_spinner="Asking TensorFlow which devices it sees…")
+def tensorflow_facts() -> dict[str, Any]:
+    """What TensorFlow reports (imports TensorFlow once per server process)."""
+    return sysinfo.tensorflow_facts()
+
+
+# -- registry and assets -----------------------------------------------------------------------
+@st.cache_data(show_spinner=False)
+def backbone_table() -> list[dict[str, Any]]:
+    """One row per registered backbone (name, family, input size, feature dim, paper, year)."""
+    rows = []
+    for name in backbones.list_backbones():
+        b = backbones.get_backbone(name)
+        rows.append(
+            {
+                "name": b.name,
+                "family": b.family,
+                "input": f"{b.input_size}×{b.input_size}",
+                "feature dim": b.feature_dim,
+                "preprocessing": "[-1, 1]" if b.preprocessing == "tf" else "0..255 (in model)",
+                "weights cached": backbones.weights_cached(name),
+                "paper": b.paper,
+                "year": b.year,
+            }
+        )
+    return rows
+
+
+@st.cache_data(show_spinner=False)
+def concepts() -> list[dict[str, str]]:
+    """The Overview's concept cards from assets/concepts.md: title, body, source."""
+    text = (ASSETS / "concepts.md").read_text(encoding="utf-8")
+    cards = []
+    for block in text.split("\n## ")[1:]:
+        title, _, rest = block.partition("\n")
+        body, source = [], ""
+        for line in rest.strip().splitlines():
+            if line.startswith("Source:"):
+                source = line.removeprefix("Source:").strip()
+            else:
+                body.append(line)
+        cards.append({"title": title.strip(), "body": " ".join(body).strip(), "source": source})
+    return cards
+
+
+# -- datasets and images -----------------------------------------------------------------------
+def _folder_signature(path: str) -> tuple:
+    """Changes when files are added to or removed from a dataset folder (cheap: folder mtimes)."""
+    root = Path(path)
+    try:
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_dir()))
+    except OSError:
+        return ()
+
+
+@st.cache_data(show_spinner="Scanning images…", max_entries=16)
+def _scan(path: str, validation: int, testing: int, signature: tuple):
+    from engine import datasets
+
+    return datasets.scan_image_dir(path, validation, testing)
+
+
+def scan_dataset(path: str | Path, validation: int = 10, testing: int = 10):
+    """`engine.datasets.scan_image_dir`, cached until the folder's contents change."""
+    return _scan(str(path), validation, testing, _folder_signature(str(path)))
+
+
+@st.cache_data(show_spinner=False, max_entries=4000)
+def thumbnail(path: str, size: int = 128) -> np.ndarray:
+    """A square RGB thumbnail of an image file (raises BadImage for unreadable files)."""
+    return images.load_image(path, size)
+
+
+# -- models --------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the run's classifier…", max_entries=4)
+def _run_classifier(home: str, run_id: str):
+    from engine.predict import Classifier
+
+    return Classifier.from_run(run_id, store=store())
+
+
+def run_classifier(run_id: str):
+    """A run's trained classifier (imports TensorFlow and loads model.keras once per run)."""
+    return _run_classifier(_home(), run_id)
+
+
+@st.cache_resource(show_spinner="Loading the ImageNet classifier…", max_entries=2)
+def _pretrained(keras_home: str, name: str):
+    from engine.predict import pretrained_classifier
+
+    return pretrained_classifier(name)
+
+
+def pretrained(name: str):
+    """A backbone's ImageNet 1,000-class classifier (raises WeightsMissing offline)."""
+    return _pretrained(str(config.keras_home()), name)
+
+
+def forget_run(run_id: str) -> None:
+    """Drop cached resources of a deleted run."""
+    _run_classifier.clear(_home(), run_id)
+
+
+def model_file(run_id: str) -> Path:
+    """The run's portable classifier file (`model.keras` in its run folder)."""
+    return store().run_dir(run_id) / "model.keras"

@@ -1,0 +1,274 @@
+"""Every plotly figure of the dashboard, built from plain DataFrames with one template.
+
+Pages hand in tidy DataFrames and get a `go.Figure` back; nothing here calls Streamlit or the
+engine, so each chart can be built and checked in a test. Axis titles carry units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+
+# one palette and one template for the whole app (matches .streamlit/config.toml)
+PALETTE = ["#2563EB", "#F97316", "#16A34A", "#DC2626", "#9333EA", "#0891B2", "#CA8A04", "#DB2777"]
+SPLIT_COLORS = {"train": "#2563EB", "validation": "#F97316", "test": "#16A34A"}
+
+pio.templates["lab"] = go.layout.Template(
+    layout=go.Layout(
+        font={"family": "Source Sans Pro, sans-serif", "size": 13, "color": "#0F172A"},
+        colorway=PALETTE,
+        paper_bgcolor="#FFFFFF",
+        plot_bgcolor="#FFFFFF",
+        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        xaxis={"gridcolor": "#E2E8F0", "zerolinecolor": "#CBD5E1", "linecolor": "#94A3B8"},
+        yaxis={"gridcolor": "#E2E8F0", "zerolinecolor": "#CBD5E1", "linecolor": "#94A3B8"},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
+        hoverlabel={"font": {"size": 12}},
+        title={"font": {"size": 15}, "x": 0, "xanchor": "left"},
+    )
+)
+TEMPLATE = "lab"
+
+METRIC_LABELS = {
+    "accuracy": "Accuracy (fraction correct)",
+    "cross_entropy": "Cross-entropy (nats)",
+}
+
+
+def _figure(title: str, x_title: str, y_title: str, height: int = 380) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title,
+        height=height,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+    )
+    return fig
+
+
+def smooth(values: Sequence[float], weight: float) -> np.ndarray:
+    """TensorBoard's scalar smoothing: a debiased exponential moving average.
+
+    Args:
+        values: the raw series (NaNs are carried through without disturbing the average).
+        weight: 0 (no smoothing) to <1 (heavy smoothing), the slider's value.
+    """
+    values = np.asarray(values, dtype=float)
+    if weight <= 0 or len(values) == 0:
+        return values.copy()
+    out = np.empty_like(values)
+    last, count = 0.0, 0
+    for i, value in enumerate(values):
+        if not np.isfinite(value):
+            out[i] = value
+            continue
+        last = last * weight + (1 - weight) * value
+        count += 1
+        # the first points would be biased towards 0 without this correction
+        out[i] = last / (1 - weight**count)
+    return out
+
+
+def _add_series(fig, x, y, name, color, smoothing, dash=None, legendgroup=None) -> None:
+    line = {"color": color, "width": 2}
+    if dash:
+        line["dash"] = dash
+    if smoothing > 0:
+        # raw values stay visible but faint, as in TensorBoard
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                line={**line, "width": 1},
+                opacity=0.25,
+                name=f"{name} (raw)",
+                legendgroup=legendgroup or name,
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
+        y = smooth(y, smoothing)
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line=line, name=name, legendgroup=legendgroup or name))
+
+
+def training_curves(history: pd.DataFrame, metric: str = "accuracy", smoothing: float = 0.0) -> go.Figure:
+    """Train and validation curves of one run.
+
+    Args:
+        history: one row per evaluation, columns `step`, `train_<metric>`, `validation_<metric>`.
+        metric: "accuracy" or "cross_entropy".
+        smoothing: TensorBoard-style smoothing weight in [0, 1).
+    """
+    title = {"accuracy": "Accuracy", "cross_entropy": "Cross-entropy"}.get(metric, metric)
+    fig = _figure(title, "Training step", METRIC_LABELS.get(metric, metric), height=340)
+    if history.empty:
+        return _empty(fig, "Waiting for the first evaluation…")
+    for split in ("train", "validation"):
+        column = f"{split}_{metric}"
+        if column in history:
+            _add_series(fig, history["step"], history[column], split, SPLIT_COLORS[split], smoothing)
+    if metric == "accuracy":
+        fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
+
+
+def compare_curves(
+    histories: pd.DataFrame, metric: str = "accuracy", split: str = "validation", smoothing: float = 0.6
+) -> go.Figure:
+    """Overlay one metric of several runs.
+
+    Args:
+        histories: columns `run` (label), `step`, `<split>_<metric>`.
+    """
+    title = f"{split.capitalize()} {METRIC_LABELS.get(metric, metric).split(' (')[0].lower()} by run"
+    fig = _figure(title, "Training step", METRIC_LABELS.get(metric, metric))
+    column = f"{split}_{metric}"
+    if histories.empty or column not in histories:
+        return _empty(fig, "No history recorded for these runs")
+    for i, (run, rows) in enumerate(histories.groupby("run", sort=False)):
+        _add_series(fig, rows["step"], rows[column], str(run), PALETTE[i % len(PALETTE)], smoothing)
+    if metric == "accuracy":
+        fig.update_yaxes(tickformat=".0%")
+    return fig
+
+
+def per_class_accuracy(frame: pd.DataFrame) -> go.Figure:
+    """Bars of test accuracy per class; `frame` has columns `class`, `accuracy` (+ optional `run`)."""
+    fig = _figure("Test accuracy per class", "Class", "Accuracy (fraction correct)", height=340)
+    if frame.empty:
+        return _empty(fig, "No test images")
+    if "run" in frame:
+        for i, (run, rows) in enumerate(frame.groupby("run", sort=False)):
+            fig.add_trace(go.Bar(x=rows["class"], y=rows["accuracy"], name=str(run), marker_color=PALETTE[i]))
+        fig.update_layout(barmode="group")
+    else:
+        fig.add_trace(
+            go.Bar(
+                x=frame["class"],
+                y=frame["accuracy"],
+                name="test accuracy",
+                marker_color=PALETTE[0],
+                text=["no test images" if pd.isna(v) else f"{v:.0%}" for v in frame["accuracy"]],
+                textposition="outside",
+                showlegend=True,
+            )
+        )
+    fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
+    return fig
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> go.Figure:
+    """Heatmap of test counts, true class down, predicted class across."""
+    z = np.asarray(matrix, dtype=int)
+    size = max(320, 60 * len(class_names) + 140)
+    fig = _figure("Confusion matrix (test split)", "Predicted class", "True class", height=min(size, 720))
+    if z.size == 0:
+        return _empty(fig, "No test images")
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=list(class_names),
+            y=list(class_names),
+            colorscale="Blues",
+            text=z,
+            texttemplate="%{text}",
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>",
+            colorbar={"title": {"text": "images"}},
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def phase_timings(frame: pd.DataFrame) -> go.Figure:
+    """Stacked horizontal bars of seconds per phase; columns `run`, `phase`, `seconds`."""
+    fig = _figure(
+        "Time per phase", "Wall time (s)", "Run", height=max(240, 70 * frame["run"].nunique() + 140)
+    )
+    if frame.empty:
+        return _empty(fig, "No phase timings recorded")
+    for i, (phase, rows) in enumerate(frame.groupby("phase", sort=False)):
+        fig.add_trace(
+            go.Bar(
+                y=rows["run"],
+                x=rows["seconds"],
+                name=str(phase),
+                orientation="h",
+                marker_color=PALETTE[i % len(PALETTE)],
+                hovertemplate="%{y}<br>" + str(phase) + ": %{x:.2f} s<extra></extra>",
+            )
+        )
+    fig.update_layout(barmode="stack")
+    return fig
+
+
+def metric_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str) -> go.Figure:
+    """One bar per run for a final metric; columns `run` and `column`."""
+    fig = _figure(title, "Run", axis_title, height=320)
+    if frame.empty or frame[column].isna().all():
+        return _empty(fig, "No values yet")
+    percent = "accuracy" in column
+    fig.add_trace(
+        go.Bar(
+            x=frame["run"],
+            y=frame[column],
+            marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(frame))],
+            text=[("" if pd.isna(v) else f"{v:.1%}" if percent else f"{v:.3g}") for v in frame[column]],
+            textposition="outside",
+            name=axis_title,
+            showlegend=False,
+        )
+    )
+    if percent:
+        fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
+    return fig
+
+
+def top_k(frame: pd.DataFrame, title: str = "Top-5") -> go.Figure:
+    """Horizontal bars of the top-k classes; columns `label`, `probability` (best first)."""
+    fig = _figure(title, "Probability", "Class", height=70 + 38 * max(len(frame), 1) + 60)
+    if frame.empty:
+        return _empty(fig, "No prediction")
+    fig.add_trace(
+        go.Bar(
+            x=frame["probability"],
+            y=frame["label"],
+            orientation="h",
+            marker_color=[PALETTE[0]] + [PALETTE[5]] * (len(frame) - 1),
+            text=[f"{p:.1%}" for p in frame["probability"]],
+            textposition="auto",
+            name="probability",
+            showlegend=False,
+        )
+    )
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(margin={"l": 140, "r": 20, "t": 50, "b": 50})
+    return fig
+
+
+def class_counts(frame: pd.DataFrame) -> go.Figure:
+    """Stacked bars of images per class and split; columns `class`, `split`, `images`."""
+    fig = _figure("Images per class and split", "Class", "Images (count)", height=340)
+    if frame.empty:
+        return _empty(fig, "No images")
+    for split in ("train", "validation", "test"):
+        rows = frame[frame["split"] == split]
+        fig.add_trace(go.Bar(x=rows["class"], y=rows["images"], name=split, marker_color=SPLIT_COLORS[split]))
+    fig.update_layout(barmode="stack")
+    return fig
+
+
+def _empty(fig: go.Figure, text: str) -> go.Figure:
+    fig.add_annotation(
+        text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font={"color": "#64748B"}
+    )
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    return fig

@@ -1,0 +1,130 @@
+"""Small renderers shared by several pages: error guard, charts, job progress, the sidebar.
+
+Pages stay descriptions of the UI; anything drawn the same way in two places lives here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+
+import streamlit as st
+from streamlit.errors import StreamlitAPIException
+
+from dashboard import cache
+from engine.errors import LabError
+
+log = logging.getLogger("classifier_lab.dashboard")
+
+PHASE_NAMES = {
+    "download": "Downloading data",
+    "weights": "Loading ImageNet weights",
+    "scan": "Scanning images",
+    "extract": "Extracting bottlenecks",
+    "train": "Training the head",
+    "fine_tune": "Fine-tuning",
+    "evaluate": "Evaluating on the test split",
+    "save": "Saving the classifier",
+    "": "Starting the worker",
+}
+STATUS_ICONS = {
+    "queued": ":material/hourglass_top:",
+    "running": ":material/progress_activity:",
+    "finished": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+    "interrupted": ":material/report:",
+}
+
+
+@contextmanager
+def guard(what: str = ""):
+    """Show engine errors as `st.error` with their message; never a traceback.
+
+    Unexpected exceptions are logged with their traceback on the server and summarised on the page.
+    Streamlit's own control flow (rerun, stop) derives from BaseException and passes through.
+    """
+    try:
+        yield
+    except LabError as exc:
+        st.error(str(exc), icon=":material/error:")
+    except Exception as exc:
+        log.exception("unexpected error %s", what)
+        prefix = f"{what} failed" if what else "Something went wrong"
+        st.error(f"{prefix}: {type(exc).__name__}: {exc}", icon=":material/error:")
+
+
+def plot(fig, key: str | None = None) -> None:
+    """Show a figure from dashboard.charts with its own template (not Streamlit's theme)."""
+    st.plotly_chart(fig, theme=None, key=key, config={"displaylogo": False})
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """'1 h 02 min', '3 min 05 s', '12 s' or '—'."""
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def job_progress(job) -> None:
+    """A progress bar with the phase, counts and ETA of a job (engine.jobs.Job)."""
+    phase = PHASE_NAMES.get(job.phase, job.phase.replace("_", " ").capitalize())
+    parts = [phase]
+    if job.total:
+        parts.append(f"{int(job.done):,} / {int(job.total):,}")
+    extra = job.extra or {}
+    if job.phase == "extract" and "hits" in extra:
+        parts.append(f"cache hits {extra.get('hits', 0):,}, misses {extra.get('misses', 0):,}")
+    if job.eta_seconds is not None and job.active:
+        parts.append(f"ETA {fmt_seconds(job.eta_seconds)}")
+    st.progress(job.fraction, text=" · ".join(parts))
+    if job.message:
+        st.caption(job.message)
+
+
+def sidebar() -> None:
+    """The shared sidebar: the data directory and the jobs running now (polled)."""
+    with st.sidebar:
+        st.caption(f":material/folder: Data directory  \n`{cache.basic_facts()['lab_home']}`")
+        _active_jobs()
+
+
+@st.fragment(run_every=2)
+def _active_jobs() -> None:
+    from engine import jobs
+
+    try:
+        active = jobs.list_jobs(active_only=True, store=cache.store())
+    except LabError as exc:
+        st.error(str(exc))
+        return
+    if not active:
+        st.caption(":material/check: No jobs running")
+        return
+    st.markdown(f"**Active jobs ({len(active)})**")
+    for job in active:
+        name = job.params.get("name") or job.params.get("architecture") or job.kind
+        phase = PHASE_NAMES.get(job.phase, job.phase)
+        st.progress(job.fraction, text=f"{name}: {phase}")
+    page_link("dashboard/train.py", "Follow on Train", ":material/monitoring:")
+
+
+def page_link(file: str, label: str, icon: str | None = None) -> None:
+    """`st.page_link` that degrades to plain text when the page runs alone (AppTest, no router)."""
+    try:
+        st.page_link(file, label=label, icon=icon)
+    except StreamlitAPIException:
+        st.markdown(f"{icon or ''} {label}")
+
+
+def ago(timestamp: float | None) -> str:
+    """'5 s ago', '3 min ago', '2 h ago' or '—'."""
+    if not timestamp:
+        return "—"
+    return fmt_seconds(time.time() - timestamp) + " ago"

@@ -1,0 +1,216 @@
+"""Runs: every run in a sortable, filterable table; compare several; inspect, download or delete one."""
+
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import cache, charts
+from dashboard.components import STATUS_ICONS, guard, plot
+
+
+def run_label(run) -> str:
+    return f"{run.name} · {run.id}"
+
+
+def short_label(run) -> str:
+    """Unique but short: legends and bar labels."""
+    return f"{run.name} #{run.id[-4:]}"
+
+
+def run_row(run) -> dict:
+    cfg, res = run.config, run.results
+    train = cfg.get("train", {})
+    final = res.get("final", {})
+    return {
+        "name": run.name,
+        "status": run.status,
+        "architecture": cfg.get("architecture"),
+        "weights": cfg.get("weights"),
+        "dataset": Path(str(cfg.get("source", ""))).name,
+        "learning rate": train.get("learning_rate"),
+        "steps": train.get("steps"),
+        "batch": train.get("batch_size"),
+        "fine-tune layers": train.get("fine_tune_layers"),
+        "test accuracy": res.get("test_accuracy"),
+        "validation accuracy": final.get("validation_accuracy"),
+        "validation cross-entropy": final.get("validation_cross_entropy"),
+        "seconds": round(run.duration, 1) if run.duration is not None else None,
+        "created": datetime.fromtimestamp(run.created),
+        "id": run.id,
+    }
+
+
+def history(run) -> pd.DataFrame:
+    frame = pd.DataFrame(cache.store().get_history(run.id))
+    if frame.empty:
+        return frame
+    frame["run"] = short_label(run)
+    return frame
+
+
+st.title(":material/table_chart: Runs")
+
+with guard("Reading runs"):
+    runs = cache.store().list_runs()
+if not runs:
+    st.info("No runs yet: train one on the Train page.", icon=":material/info:")
+    st.stop()
+
+table = pd.DataFrame([run_row(r) for r in runs])
+f1, f2, f3 = st.columns([2, 1, 1])
+search = f1.text_input("Filter by name or id", key="runs_search", placeholder="e.g. mobilenet or lr=0.01")
+statuses = f2.multiselect("Status", sorted(table["status"].unique()), key="runs_status")
+archs = f3.multiselect("Architecture", sorted(table["architecture"].dropna().unique()), key="runs_arch")
+shown = table
+if search:
+    needle = search.lower()
+    shown = shown[
+        shown["name"].str.lower().str.contains(needle, regex=False) | shown["id"].str.contains(needle)
+    ]
+if statuses:
+    shown = shown[shown["status"].isin(statuses)]
+if archs:
+    shown = shown[shown["architecture"].isin(archs)]
+st.dataframe(
+    shown,
+    hide_index=True,
+    key="runs_table",
+    column_config={
+        "test accuracy": st.column_config.ProgressColumn(
+            "test accuracy", format="percent", min_value=0, max_value=1
+        ),
+        "validation accuracy": st.column_config.NumberColumn(format="percent"),
+        "validation cross-entropy": st.column_config.NumberColumn(format="%.3f"),
+        "learning rate": st.column_config.NumberColumn(format="%g"),
+        "seconds": st.column_config.NumberColumn("wall time (s)", format="%.1f"),
+        "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+    },
+)
+st.caption(f"{len(shown)} of {len(table)} runs · click a column header to sort")
+
+by_label = {run_label(r): r for r in runs}
+finished = [run_label(r) for r in runs if r.status == "finished"]
+
+# -- compare --------------------------------------------------------------------------------------
+st.subheader("Compare runs")
+chosen = st.multiselect("Runs to overlay", list(by_label), default=finished[:2], key="runs_compare")
+if chosen:
+    c1, c2, c3 = st.columns(3)
+    metric = c1.radio(
+        "Metric", ["accuracy", "cross_entropy"], format_func=lambda m: m.replace("_", "-"), horizontal=True
+    )
+    split = c2.radio("Split", ["validation", "train"], horizontal=True, key="runs_split")
+    smoothing = c3.slider("Smoothing", 0.0, 0.99, 0.6, step=0.01, key="runs_smoothing")
+    selected = [by_label[label] for label in chosen]
+    frames = [history(r) for r in selected]
+    histories = (
+        pd.concat([f for f in frames if not f.empty], ignore_index=True)
+        if any(not f.empty for f in frames)
+        else pd.DataFrame()
+    )
+    plot(charts.compare_curves(histories, metric, split, smoothing), key="compare_curves")
+    summary = pd.DataFrame([{**run_row(r), "run": short_label(r)} for r in selected])
+    left, right = st.columns(2)
+    with left:
+        plot(
+            charts.metric_bars(summary, "test accuracy", "Test accuracy", "Accuracy (fraction correct)"),
+            key="cmp_acc",
+        )
+    with right:
+        phases = pd.DataFrame(
+            [
+                {"run": short_label(r), "phase": phase, "seconds": sec}
+                for r in selected
+                for phase, sec in r.phases.items()
+            ]
+        )
+        if phases.empty:
+            phases = pd.DataFrame(columns=["run", "phase", "seconds"])
+        plot(charts.phase_timings(phases), key="cmp_phases")
+    st.dataframe(
+        summary[["run", "status", "architecture", "weights", "learning rate", "steps", "test accuracy",
+                 "validation accuracy", "validation cross-entropy", "seconds"]],
+        hide_index=True,
+        key="compare_table",
+        column_config={
+            "test accuracy": st.column_config.NumberColumn(format="percent"),
+            "validation accuracy": st.column_config.NumberColumn(format="percent"),
+        },
+    )  # fmt: skip
+
+# -- one run ---------------------------------------------------------------------------------------
+st.subheader("One run")
+label = st.selectbox("Run", list(by_label), key="runs_detail")
+run = by_label[label]
+res = run.results
+st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{run.name}** · `{run.id}` · {run.status}")
+if run.error:
+    st.error(run.error, icon=":material/error:")
+
+actions = st.columns([1, 1, 4])
+model = cache.model_file(run.id)
+actions[0].download_button(
+    "Download model.keras",
+    data=model.read_bytes if model.is_file() else b"",
+    file_name=f"{run.name.replace(' ', '_').replace('=', '')}-{run.id}.keras",
+    mime="application/octet-stream",
+    icon=":material/download:",
+    disabled=not model.is_file(),
+    key="download_model",
+)
+with actions[1].popover("Delete…", icon=":material/delete:", disabled=run.status == "running"):
+    st.markdown(f"Delete **{run.name}** and its folder (model, metrics)? This cannot be undone.")
+    if st.button("Yes, delete this run", type="primary", key="confirm_delete"):
+        with guard("Deleting the run"):
+            cache.store().delete_run(run.id)
+            cache.forget_run(run.id)
+            st.session_state.pop("runs_detail", None)
+            st.toast(f"Deleted {run.name}", icon=":material/delete:")
+            st.rerun()
+
+tabs = st.tabs(
+    ["Confusion matrix", "Per-class accuracy", "Misclassified test images", "Curves", "Config & environment"]
+)
+with tabs[0]:
+    if res.get("confusion_matrix"):
+        plot(
+            charts.confusion_matrix(res["confusion_matrix"], res.get("class_names", [])),
+            key="detail_confusion",
+        )
+    else:
+        st.caption("No confusion matrix (the run did not finish or had no test images).")
+with tabs[1]:
+    per_class = res.get("per_class_accuracy") or {}
+    frame = pd.DataFrame({"class": list(per_class), "accuracy": list(per_class.values())})
+    plot(charts.per_class_accuracy(frame), key="detail_per_class")
+with tabs[2]:
+    wrong = res.get("misclassified") or []
+    if not wrong:
+        st.caption("No misclassified test images." if res.get("test_count") else "No test results.")
+    cols = st.columns(6)
+    for i, item in enumerate(wrong[:48]):
+        with cols[i % 6]:
+            try:
+                st.image(cache.thumbnail(item["path"], 160), width="stretch")
+            except Exception:  # the dataset may have moved since the run; say so instead of failing
+                st.caption(f":material/broken_image: {Path(item['path']).name} is no longer readable")
+            st.caption(f"true **{item['true']}** → {item['predicted']} ({item['probability']:.0%})")
+with tabs[3]:
+    hist = history(run)
+    smooth_one = st.slider("Smoothing", 0.0, 0.99, 0.0, step=0.01, key="detail_smoothing")
+    left, right = st.columns(2)
+    with left:
+        plot(charts.training_curves(hist, "accuracy", smooth_one), key="detail_acc")
+    with right:
+        plot(charts.training_curves(hist, "cross_entropy", smooth_one), key="detail_xent")
+with tabs[4]:
+    left, right = st.columns(2)
+    left.markdown("**Config**")
+    left.json(run.config)
+    right.markdown("**Environment**")
+    right.json(run.environment)
+    if res.get("cache"):
+        right.markdown("**Bottleneck cache**")
+        right.json(res["cache"])

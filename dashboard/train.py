@@ -1,0 +1,223 @@
+"""Train: configure a retrain run, start it as a background job, follow it live, see its results."""
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import cache, charts
+from dashboard.components import STATUS_ICONS, fmt_seconds, guard, job_progress, page_link, plot
+from engine import backbones, jobs, uploads
+from engine.pipeline import RunConfig
+from engine.training import TrainConfig
+
+POLL_SECONDS = 1.0
+NAMED_SOURCES = {
+    "demo": "Demo set (generated)",
+    "flowers": "flower_photos (download)",
+    "beans": "beans (download)",
+}
+
+
+def source_options() -> dict[str, str]:
+    """Dataset choices: this session's dataset first, stored datasets, then the named sources."""
+    options: dict[str, str] = {}
+    current = st.session_state.get("dataset_path")
+    if current:
+        options[current] = f"{Path(current).name} (chosen on Data)"
+    for label, folder in uploads.stored_datasets().items():
+        options.setdefault(str(folder), label)
+    for key, label in NAMED_SOURCES.items():
+        options.setdefault(key, label)
+    return options
+
+
+def start(config: RunConfig) -> None:
+    job_id = jobs.start_job("retrain", asdict(config), store=cache.store())
+    st.session_state["train_job"] = job_id
+
+
+def watched_job_id() -> str | None:
+    """The job this session follows: its own while it runs, else a running one (so a refresh or a
+    second tab finds it again), else its own finished one."""
+    active = [j for j in jobs.list_jobs(active_only=True, store=cache.store()) if j.kind == "retrain"]
+    own = st.session_state.get("train_job")
+    if own in {j.id for j in active} or not active:
+        return own
+    if len(active) > 1:
+        labels = {j.id: f"{j.params.get('name') or j.params.get('architecture')} · {j.id}" for j in active}
+        chosen = st.selectbox("Running jobs", list(labels), format_func=labels.get, key="train_pick_job")
+    else:
+        chosen = active[0].id
+    st.session_state["train_job"] = chosen
+    return chosen
+
+
+def history_frame(run_id: str | None) -> pd.DataFrame:
+    if not run_id:
+        return pd.DataFrame()
+    frame = pd.DataFrame(cache.store().get_history(run_id))
+    if not frame.empty and "phase" in frame:
+        frame = frame[frame["phase"] == "train"]
+    return frame
+
+
+def curves(run_id: str | None, key: str) -> None:
+    history = history_frame(run_id)
+    left, right = st.columns(2)
+    with left:
+        plot(charts.training_curves(history, "accuracy"), key=f"{key}_acc")
+    with right:
+        plot(charts.training_curves(history, "cross_entropy"), key=f"{key}_xent")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def monitor(job_id: str) -> None:
+    """Polled view of a running job; hands over to a full rerun once the job has ended."""
+    job = jobs.get_job(job_id, store=cache.store())
+    name = job.params.get("name") or job.params.get("architecture", "")
+    header, button = st.columns([5, 1], vertical_alignment="center")
+    header.markdown(f"{STATUS_ICONS.get(job.status, '')} **{name}** · job `{job.id}` · {job.status}")
+    if job.active and button.button("Cancel", icon=":material/stop_circle:", key="cancel_job"):
+        with guard("Cancelling"):
+            jobs.cancel_job(job.id, store=cache.store())
+            st.toast("Cancelling… the worker stops at its next check", icon=":material/stop_circle:")
+    if job.cancel_requested and job.active:
+        st.caption("Cancel requested: waiting for the worker to stop.")
+    job_progress(job)
+    curves(job.run_id, "live")
+    if not job.active:
+        st.rerun()  # the finished view needs no polling
+
+
+def results(job_id: str) -> None:
+    """The outcome of a finished job: test accuracy, per-class accuracy and the confusion matrix."""
+    job = jobs.get_job(job_id, store=cache.store())
+    name = job.params.get("name") or job.params.get("architecture", "")
+    st.markdown(f"{STATUS_ICONS.get(job.status, '')} **{name}** · job `{job.id}` · {job.status}")
+    if job.status == "cancelled":
+        st.warning(job.error or "The run was cancelled.", icon=":material/cancel:")
+    elif job.status in ("failed", "interrupted"):
+        st.error(job.error or f"The job {job.status}.", icon=":material/error:")
+    if not job.run_id:
+        return
+    run = cache.store().get_run(job.run_id)
+    res = run.results
+    if run.status == "finished":
+        acc = res.get("test_accuracy")
+        final = res.get("final", {})
+        cache_stats = res.get("cache", {})
+        m = st.columns(4)
+        m[0].metric(
+            "Test accuracy",
+            f"{acc:.1%}" if acc is not None else "—",
+            help=f"{res.get('test_count', 0)} images",
+        )
+        val = final.get("validation_accuracy")
+        m[1].metric("Final validation accuracy", f"{val:.1%}" if val is not None else "—")
+        m[2].metric(
+            "Bottleneck cache", f"{cache_stats.get('hits', 0)} hits / {cache_stats.get('misses', 0)} misses"
+        )
+        m[3].metric("Wall time", fmt_seconds(run.duration))
+    curves(run.id, "done")
+    if res.get("per_class_accuracy"):
+        left, right = st.columns(2)
+        frame = pd.DataFrame(
+            {"class": list(res["per_class_accuracy"]), "accuracy": list(res["per_class_accuracy"].values())}
+        )
+        with left:
+            plot(charts.per_class_accuracy(frame), key="done_per_class")
+        with right:
+            plot(
+                charts.confusion_matrix(res["confusion_matrix"], res.get("class_names", [])),
+                key="done_confusion",
+            )
+    if res.get("fine_tune"):
+        st.info(res["fine_tune"]["note"], icon=":material/info:")
+    page_link("dashboard/runs.py", "Compare it with other runs", ":material/table_chart:")
+
+
+st.title(":material/model_training: Train")
+st.caption(
+    "Retrain a softmax head on a backbone's bottleneck features (retrain.py's knobs and defaults). "
+    "Training runs in a background worker: leave the page, refresh, or open a second tab — it keeps going."
+)
+
+form_col, watch_col = st.columns([1, 2], gap="large")
+with form_col, st.container(border=True):
+    st.markdown("**Configure a run**")
+    options = source_options()
+    source = st.selectbox("Dataset", list(options), format_func=options.get)
+    names = backbones.list_backbones()
+    architecture = st.selectbox("Backbone", names, index=names.index(backbones.DEFAULT_BACKBONE))
+    weights = st.radio(
+        "Weights",
+        ["imagenet", "random"],
+        format_func={"imagenet": "ImageNet (pretrained)", "random": "Random (no pretraining)"}.get,
+        horizontal=True,
+    )
+    c1, c2 = st.columns(2)
+    learning_rate = c1.number_input("Learning rate", 0.0001, 10.0, 0.01, step=0.005, format="%.4f")
+    steps = c2.number_input("Training steps", 1, 100_000, 500, step=100)
+    batch_size = c1.number_input("Batch size", 1, 10_000, 100, step=10)
+    eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, 10)
+    validation = c1.number_input("Validation %", 0, 90, st.session_state.get("validation_percentage", 10))
+    testing = c2.number_input("Test %", 0, 90, st.session_state.get("testing_percentage", 10))
+    with st.expander("Advanced: optimizer, fine-tuning, distortions"):
+        optimizer = st.radio("Optimizer", ["sgd", "adam"], horizontal=True)
+        seed = st.number_input("Seed", 0, 2**31 - 1, 0)
+        fine_tune_layers = st.number_input(
+            "Fine-tune: unfreeze top layers", 0, 500, 0, help="0 trains the head only (fast, uses the cache)"
+        )
+        fine_tune_steps = st.number_input("Fine-tune steps", 1, 100_000, 100)
+        flip = st.checkbox("Distort: flip left-right")
+        random_crop = st.slider("Distort: random crop %", 0, 50, 0)
+        random_scale = st.slider("Distort: random scale %", 0, 50, 0)
+        random_brightness = st.slider("Distort: random brightness %", 0, 50, 0)
+    name = st.text_input("Run name (optional)", placeholder=f"{architecture} lr={learning_rate:g}")
+    if weights == "imagenet" and not backbones.weights_cached(architecture):
+        st.caption(
+            f":material/cloud_download: ImageNet weights for {architecture} are not cached here; "
+            "the run downloads them (needs the network)."
+        )
+    submitted = st.button("Start training", type="primary", icon=":material/play_arrow:")
+
+with watch_col:
+    if submitted:
+        with guard("Starting the run"):
+            start(
+                RunConfig(
+                    source=source,
+                    architecture=architecture,
+                    weights=weights,
+                    validation_percentage=int(validation),
+                    testing_percentage=int(testing),
+                    train=TrainConfig(
+                        learning_rate=float(learning_rate),
+                        steps=int(steps),
+                        batch_size=int(batch_size),
+                        eval_interval=int(eval_interval),
+                        optimizer=optimizer,
+                        seed=int(seed),
+                        fine_tune_layers=int(fine_tune_layers),
+                        fine_tune_steps=int(fine_tune_steps),
+                        flip_left_right=flip,
+                        random_crop=random_crop,
+                        random_scale=random_scale,
+                        random_brightness=random_brightness,
+                    ),
+                    name=name.strip() or None,
+                )
+            )
+    with guard("Following the job"):
+        job_id = watched_job_id()
+        if job_id is None:
+            st.info(
+                "No run in progress. Configure one on the left and press **Start training**.",
+                icon=":material/info:",
+            )
+        elif jobs.get_job(job_id, store=cache.store()).active:
+            monitor(job_id)
+        else:
+            results(job_id)
