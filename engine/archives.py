@@ -246,11 +246,13 @@ def extract_zip(
                 dest = tmp.joinpath(*parts)
                 if not dest.resolve().is_relative_to(tmp.resolve()):
                     raise UnsafeArchive(f"Refused archive: entry {info.filename!r} escapes the target")
-                dest.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
                     _copy_entry(zf, info, dest)
                 except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
                     raise DatasetError(f"{info.filename}: corrupt or unsupported zip entry ({exc})") from None
+                except OSError as exc:  # a file where a folder should be, a full disk, ...
+                    raise DatasetError(f"{info.filename}: cannot extract ({exc.strerror or exc})") from None
                 if i % 50 == 0 or i == len(plan) - 1:
                     emit(
                         progress, "download", i + 1, len(plan), f"Unpacking {name}: {i + 1}/{len(plan)} files"
