@@ -310,10 +310,10 @@ def fine_tune(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
         grads = tape.gradient(loss, variables)
-        rate = schedule_lr(tf, config.schedule, hyper[0], hyper[1], step, total)
+        rate = schedule_lr(config.schedule, hyper[0], hyper[1], step, total)
         params = [tf.convert_to_tensor(v) for v in variables]
         moments = ([m.value() for m in slots[0]], [v.value() for v in slots[1]])
-        new, moments = optimizer_update(tf, config.optimizer, params, grads, moments, rate, step)
+        new, moments = optimizer_update(config.optimizer, params, grads, moments, rate, step)
         pairs = zip([*variables, *slots[0], *slots[1]], [*new, *moments[0], *moments[1]], strict=True)
         for var, value in pairs:
             var.assign(value)

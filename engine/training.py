@@ -141,11 +141,13 @@ class HeadResult:
 # In-graph pieces shared with engine/finetune.py
 
 
-def schedule_lr(tf, schedule: str, lr, end, step, total):
+def schedule_lr(schedule: str, lr, end, step, total):
     """The learning rate at 0-based `step` of `total` steps; decays end at `lr * end`.
 
     `lr`, `end`, `step` and `total` may be tensors, so one trace serves every rate.
     """
+    import tensorflow as tf
+
     if schedule == "constant":
         return lr
     frac = tf.cast(step, tf.float32) / tf.cast(total, tf.float32)
@@ -154,7 +156,7 @@ def schedule_lr(tf, schedule: str, lr, end, step, total):
     return lr * (end + (1.0 - end) * 0.5 * (1.0 + tf.cos(math.pi * frac)))
 
 
-def optimizer_update(tf, optimizer: str, params, grads, slots, lr, step):
+def optimizer_update(optimizer: str, params, grads, slots, lr, step):
     """One SGD or Adam update written with tf ops, functional so it runs inside a while loop.
 
     Args:
@@ -165,6 +167,8 @@ def optimizer_update(tf, optimizer: str, params, grads, slots, lr, step):
     Returns:
         (new params, new slots).
     """
+    import tensorflow as tf
+
     if optimizer == "sgd":
         return [p - lr * g for p, g in zip(params, grads, strict=True)], slots
     beta1, beta2, eps = _ADAM
@@ -176,8 +180,10 @@ def optimizer_update(tf, optimizer: str, params, grads, slots, lr, step):
     return new, (ms, vs)
 
 
-def _head_metrics(tf, x, y, kernel, bias):
+def _head_metrics(x, y, kernel, bias):
     """(accuracy, mean cross-entropy) of the head on x, y; NaN for an empty set."""
+    import tensorflow as tf
+
     logits = tf.matmul(x, kernel) + bias
     xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), y), tf.float32)
@@ -225,7 +231,7 @@ def _chunk_fn(config: TrainConfig):
             # gradient of the mean softmax cross-entropy of a linear layer, written out
             dlogits = (probs - tf.one_hot(yb, classes)) / tf.cast(batch, f32)
             grads = [tf.matmul(xb, dlogits, transpose_a=True), tf.reduce_sum(dlogits, axis=0)]
-            rate = schedule_lr(tf, config.schedule, lr, end, step, total)
+            rate = schedule_lr(config.schedule, lr, end, step, total)
             (kernel, bias), ((mk, mb), (vk, vb)) = optimizer_update(
                 tf, config.optimizer, [kernel, bias], grads, ([mk, mb], [vk, vb]), rate, step
             )
@@ -236,8 +242,8 @@ def _chunk_fn(config: TrainConfig):
         )
         # retrain.py evaluates the batch it just trained on, after the update, and the validation set
         xb, yb = sample(start + count - 1)
-        train_acc, train_xent = _head_metrics(tf, xb, yb, kernel, bias)
-        val_acc, val_xent = _head_metrics(tf, vx, vy, kernel, bias)
+        train_acc, train_xent = _head_metrics(xb, yb, kernel, bias)
+        val_acc, val_xent = _head_metrics(vx, vy, kernel, bias)
         metrics = tf.stack([train_acc, train_xent, val_acc, val_xent])
         return kernel, bias, mk, mb, vk, vb, metrics
 
@@ -266,7 +272,7 @@ def _check_features(name: str, x: Any, y: Any, num_classes: int, dim: int | None
     return x, y
 
 
-def _finite_or_none(value: float, empty: bool) -> float | None:
+def _metric(value: float, empty: bool) -> float | None:
     # an empty validation set has no metrics (None); a diverged run keeps its NaN/inf as measured
     return None if empty else float(value)
 
@@ -356,8 +362,8 @@ def _train(train_x, train_y, val_x, val_y, num_classes, config, progress, cancel
             "step": step,
             "train_accuracy": float(m[0]),
             "train_cross_entropy": float(m[1]),
-            "validation_accuracy": _finite_or_none(m[2], no_val),
-            "validation_cross_entropy": _finite_or_none(m[3], no_val),
+            "validation_accuracy": _metric(m[2], no_val),
+            "validation_cross_entropy": _metric(m[3], no_val),
             "elapsed": round(time.perf_counter() - start_time, 4),
         }
         history.append(row)

@@ -196,12 +196,12 @@ def test_schedules_start_at_the_rate_and_end_at_the_fraction():
     import tensorflow as tf
 
     for schedule in ("exponential", "cosine"):
-        start = schedule_lr(tf, schedule, 0.5, 0.1, tf.constant(0), tf.constant(100))
-        end = schedule_lr(tf, schedule, 0.5, 0.1, tf.constant(100), tf.constant(100))
-        middle = schedule_lr(tf, schedule, 0.5, 0.1, tf.constant(50), tf.constant(100))
+        start = schedule_lr(schedule, 0.5, 0.1, tf.constant(0), tf.constant(100))
+        end = schedule_lr(schedule, 0.5, 0.1, tf.constant(100), tf.constant(100))
+        middle = schedule_lr(schedule, 0.5, 0.1, tf.constant(50), tf.constant(100))
         assert float(start) == pytest.approx(0.5) and float(end) == pytest.approx(0.05)
         assert 0.05 < float(middle) < 0.5
-    assert schedule_lr(tf, "constant", 0.5, 0.1, tf.constant(50), tf.constant(100)) == 0.5
+    assert schedule_lr("constant", 0.5, 0.1, tf.constant(50), tf.constant(100)) == 0.5
 
 
 # ---------------------------------------------------------------------------------------------
