@@ -233,7 +233,7 @@ def _chunk_fn(config: TrainConfig):
             grads = [tf.matmul(xb, dlogits, transpose_a=True), tf.reduce_sum(dlogits, axis=0)]
             rate = schedule_lr(config.schedule, lr, end, step, total)
             (kernel, bias), ((mk, mb), (vk, vb)) = optimizer_update(
-                tf, config.optimizer, [kernel, bias], grads, ([mk, mb], [vk, vb]), rate, step
+                config.optimizer, [kernel, bias], grads, ([mk, mb], [vk, vb]), rate, step
             )
             return i + 1, kernel, bias, mk, mb, vk, vb
 
