@@ -351,7 +351,7 @@ class RunStore:
         return self._runs(self.connection().execute(sql + " ORDER BY id DESC", args).fetchall())
 
     def get_history(self, run_id: str, phase: str | None = None) -> list[dict[str, Any]]:
-        """Metric rows of a run ordered by step (`pandas.DataFrame(rows)` makes a table)."""
+        """Metric rows of a run in the order logged (`pandas.DataFrame(rows)` makes a table)."""
         sql, args = "SELECT phase, " + ", ".join(METRIC_COLUMNS) + " FROM metrics WHERE run_id = ?", [run_id]
         if phase is not None:
             sql, args = sql + " AND phase = ?", [run_id, phase]
