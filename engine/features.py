@@ -15,8 +15,9 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -224,12 +225,28 @@ class FeatureCache:
 # ---------------------------------------------------------------------------------------------
 # The compiled extractor and the decode pipeline
 
-# Threads for decoding: one per core the process may use. See `_dataset_options` for why the
-# decoders get a private pool and single-threaded ops.
-_DECODE_THREADS = max(
-    1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-)
-_PREFETCH_BATCHES = 2
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Threading of the decode pipeline (bench/bench_extract.py --sweep measures the choices)."""
+
+    # images decoded at once (map's num_parallel_calls); -1 = tf.data AUTOTUNE
+    decode_threads: int = field(default_factory=_cores)
+    # a thread pool only the decoders use, so they never queue behind the model's inter-op work;
+    # 0 = share TensorFlow's global inter-op pool
+    private_pool: int = field(default_factory=_cores)
+    # threads one decode/resize may fan out to; 1 because parallelism comes from decoding several
+    # images at once, and op-level fan-out would fight the model's intra-op threads; 0 = default
+    op_threads: int = 1
+    # batches decoded ahead of the model; -1 = AUTOTUNE (grows buffers, costs memory, no speed here)
+    prefetch: int = 2
+
+
+SETTINGS = PipelineSettings()
 
 
 @dataclass(frozen=True)
@@ -240,7 +257,8 @@ class Extractor:
     key: str  # model_key(...) of the weights it was built with
     input_size: int
     feature_dim: int
-    forward: Any  # tf.function: float32 (batch, size, size, 3) -> (batch, feature_dim)
+    model: Any  # the keras.Model (backbones.build_feature_extractor)
+    forward: Any  # tf.function over `model`: float32 (batch, size, size, 3) -> (batch, feature_dim)
     build_seconds: float  # building the model plus tracing the forward function
 
 
@@ -260,18 +278,18 @@ def _build_extractor(name: str, weights: str, seed: int | None, key: str) -> Ext
     # one signature with a free batch dimension: the short last batch does not retrace
     forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     forward.get_concrete_function()
-    return Extractor(name, key, entry.input_size, entry.feature_dim, forward, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Extractor(name, key, entry.input_size, entry.feature_dim, model, forward, seconds)
 
 
-def _dataset_options():
+def _dataset_options(settings: PipelineSettings):
     import tensorflow as tf
 
     options = tf.data.Options()
-    # Parallelism comes from decoding several images at once; letting each decode/resize op also
-    # fan out over the shared intra-op pool would fight the model for the same cores.
-    options.threading.max_intra_op_parallelism = 1
-    # A private pool keeps the decoders off the inter-op pool the forward function runs on.
-    options.threading.private_threadpool_size = _DECODE_THREADS
+    if settings.op_threads:
+        options.threading.max_intra_op_parallelism = settings.op_threads
+    if settings.private_pool:
+        options.threading.private_threadpool_size = settings.private_pool
     options.deterministic = True  # errors and vectors come back in input order
     return options
 
@@ -285,14 +303,25 @@ def _resize(image, size: int):
     return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
 
 
-def decode_dataset(paths: Sequence[str], needs_pil: Sequence[bool], size: int, batch_size: int = 32):
+def decode_dataset(
+    paths: Sequence[str],
+    needs_pil: Sequence[bool],
+    size: int,
+    batch_size: int = 32,
+    settings: PipelineSettings | None = None,
+):
     """The tf.data pipeline `extract_features` runs: batches of float32 0..255 (b, size, size, 3).
 
     Images TensorFlow decodes like Pillow does (`needs_pil` False) are read, decoded and resized by
     TensorFlow ops in parallel; the others go through `images.load_image` (EXIF, CMYK, 16-bit,
     palette, alpha) inside the same pipeline, so order is kept and batches stay whole.
+    `settings` defaults to the module's `SETTINGS`.
     """
     import tensorflow as tf
+
+    settings = settings or SETTINGS
+    parallel = tf.data.AUTOTUNE if settings.decode_threads < 0 else settings.decode_threads
+    prefetch = tf.data.AUTOTUNE if settings.prefetch < 0 else settings.prefetch
 
     def tf_decode(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -309,18 +338,18 @@ def decode_dataset(paths: Sequence[str], needs_pil: Sequence[bool], size: int, b
         raise InvalidArgument(f"need one needs_pil flag per path, got {len(flags)} for {len(paths)}")
     if not any(flags):
         ds = tf.data.Dataset.from_tensor_slices(list(map(str, paths))).map(
-            tf_decode, num_parallel_calls=_DECODE_THREADS
+            tf_decode, num_parallel_calls=parallel
         )
     elif all(flags):
         ds = tf.data.Dataset.from_tensor_slices(list(map(str, paths))).map(
-            pil_decode, num_parallel_calls=_DECODE_THREADS
+            pil_decode, num_parallel_calls=parallel
         )
     else:
         ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), flags)).map(
             lambda p, pil: tf.cond(pil, lambda: pil_decode(p), lambda: tf_decode(p)),
-            num_parallel_calls=_DECODE_THREADS,
+            num_parallel_calls=parallel,
         )
-    return ds.batch(batch_size).prefetch(_PREFETCH_BATCHES).with_options(_dataset_options())
+    return ds.batch(batch_size).prefetch(prefetch).with_options(_dataset_options(settings))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,19 +445,18 @@ def extract_features(
     if todo:
         extractor = feature_extractor(backbone, weights, seed)
         t0 = time.perf_counter()
-        for batch_hashes, vectors in _extract_batches(list(todo.values()), extractor, batch_size, cancel):
-            cache.put_many(key, batch_hashes, vectors)
-            found.update(zip(batch_hashes, vectors, strict=True))
-            done += sum(uses[h] for h in batch_hashes)
-            emit(
-                progress,
-                "extract",
-                done,
-                total,
-                f"Extracted {done} of {total} bottlenecks",
-                hits=hits,
-                misses=misses,
-            )
+        # Writes go to one background thread so the next batch's forward pass overlaps them;
+        # leaving the block (also on Cancelled or BadImage) waits for every queued write.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-cache") as writer:
+            writes = []
+            for batch_hashes, vectors in _extract_batches(list(todo.values()), extractor, batch_size, cancel):
+                writes.append(writer.submit(cache.put_many, key, batch_hashes, vectors))
+                found.update(zip(batch_hashes, vectors, strict=True))
+                done += sum(uses[h] for h in batch_hashes)
+                message = f"Extracted {done} of {total} bottlenecks"
+                emit(progress, "extract", done, total, message, hits=hits, misses=misses)
+        for write in writes:
+            write.result()  # a failed write raises here
         extract_seconds = time.perf_counter() - t0
 
     features = (
