@@ -39,7 +39,7 @@ def test_imagenet_weights_learn_flowers(shared_home, flowers_dir):
     assert run.status == "finished"
     assert set(run.results["per_class_accuracy"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
     assert sum(map(sum, run.results["confusion_matrix"])) == run.results["test_count"]
-    assert {"scan", "extract", "train", "evaluate", "save"} <= set(run.timings)
+    assert {"scan", "extract", "train", "evaluate", "save"} <= set(run.phases)
     assert len(RunStore().get_history(summary.run_id)) == 4000 // 10
 
 
