@@ -7,6 +7,7 @@ into the run's own folder so the folder is portable.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from contextlib import contextmanager
@@ -82,9 +83,9 @@ class RunSummary:
 
 
 class _Phases:
-    """Times named phases and records them in the store as they end."""
+    """Times named phases and, for a run, records them in the store as they end."""
 
-    def __init__(self, store, run_id: str) -> None:
+    def __init__(self, store=None, run_id: str | None = None) -> None:
         self.store, self.run_id, self.seconds = store, run_id, {}
 
     @contextmanager
@@ -94,7 +95,36 @@ class _Phases:
             yield
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 4)
-            self.store.log_phase(self.run_id, name, self.seconds[name])
+            if self.store is not None:
+                self.store.log_phase(self.run_id, name, self.seconds[name])
+
+
+@dataclass
+class Bottlenecks:
+    """A scanned dataset and its bottleneck features: what several heads can train on unchanged."""
+
+    config: RunConfig  # the config it was prepared for (source, backbone, weights, split, seed)
+    data: datasets.Dataset
+    feats: features.FeatureSet
+    labels: np.ndarray  # (N,) class index of each record
+    splits: np.ndarray  # (N,) split name of each record
+    phases: dict[str, float]  # seconds spent scanning, loading weights and extracting
+
+    def part(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(features, labels) of one split."""
+        keep = self.splits == split
+        return self.feats.features[keep], self.labels[keep]
+
+    def records(self, split: str) -> list:
+        return [r for r in self.data.records if r.split == split]
+
+
+# what a run shares with the bottlenecks it trains on; anything else (the head's knobs) may differ
+_SHARED_FIELDS = ("source", "architecture", "weights", "validation_percentage", "testing_percentage")
+
+
+def _field(config: RunConfig, key: str):
+    return config.train.seed if key == "seed" else getattr(config, key)
 
 
 def _open_store(store):
@@ -105,43 +135,14 @@ def _open_store(store):
     return RunStore()
 
 
-def retrain(
-    config: RunConfig,
-    store=None,
-    progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
-) -> RunSummary:
-    """Run one retrain and store it.
+def prepare(config: RunConfig, progress=None, cancel=None, phases=None) -> Bottlenecks:
+    """Scan the dataset, make sure the weights are there and extract (or load cached) bottlenecks.
 
-    Raises:
-        LabError: bad data, missing weights, cancellation; the run is stored as failed/cancelled.
+    Args:
+        phases: a `_Phases` timer of the run doing this (None: timed but recorded nowhere).
     """
-    from engine.store import collect_environment
-
-    store = _open_store(store)
-    run = store.create_run(
-        asdict(config), kind="retrain", name=config.display_name(), experiment_id=config.experiment_id
-    )
-    emit(progress, "scan", 0, 0, f"Run {run.id} created", run_id=run.id)
-    store.set_environment(run.id, collect_environment())
-    phases = _Phases(store, run.id)
-    try:
-        summary = _execute(config, store, run.id, phases, progress, cancel)
-    except Cancelled as exc:
-        store.finish_run(run.id, {"phases": phases.seconds}, status="cancelled", error=str(exc))
-        raise
-    except LabError as exc:
-        store.finish_run(run.id, {"phases": phases.seconds}, status="failed", error=str(exc))
-        raise
-    except Exception as exc:
-        store.finish_run(
-            run.id, {"phases": phases.seconds}, status="failed", error=f"{type(exc).__name__}: {exc}"
-        )
-        raise
-    return summary
-
-
-def _execute(config, store, run_id, phases, progress, cancel) -> RunSummary:
+    phases = phases if phases is not None else _Phases()
+    before = set(phases.seconds)
     with phases("scan"):
         root = datasets.resolve_source(config.source, progress=progress, cancel=cancel)
         data = datasets.scan_image_dir(root, config.validation_percentage, config.testing_percentage)
@@ -160,46 +161,108 @@ def _execute(config, store, run_id, phases, progress, cancel) -> RunSummary:
             progress=progress,
             cancel=cancel,
         )
-    x = feats.features
-    label_index = data.label_index
-    y = np.array([label_index[r.label] for r in data.records], dtype=np.int32)
-    split = np.array([r.split for r in data.records])
-    sel = {name: split == name for name in ("train", "validation", "test")}
-    if not sel["train"].any():
+    splits = np.array([r.split for r in data.records])
+    if not (splits == "train").any():
         raise LabError(
             "No training images after the split: add images or lower the validation/test percentages"
         )
+    label_index = data.label_index
+    labels = np.array([label_index[r.label] for r in data.records], dtype=np.int32)
+    spent = {k: v for k, v in phases.seconds.items() if k not in before}
+    return Bottlenecks(config, data, feats, labels, splits, spent)
 
-    history_buffer: list[dict] = []
+
+@contextmanager
+def _recorded_run(store, config: RunConfig, progress, first_phase: str):
+    """Create the run, yield (run_id, phases), and store it as failed/cancelled if the body raises."""
+    from engine.store import collect_environment
+
+    run = store.create_run(
+        asdict(config), kind="retrain", name=config.display_name(), experiment_id=config.experiment_id
+    )
+    emit(progress, first_phase, 0, 0, f"Run {run.id} created", run_id=run.id)
+    store.set_environment(run.id, collect_environment())
+    phases = _Phases(store, run.id)
+    try:
+        yield run.id, phases
+    except Cancelled as exc:
+        store.finish_run(run.id, {"phases": phases.seconds}, status="cancelled", error=str(exc))
+        raise
+    except LabError as exc:
+        store.finish_run(run.id, {"phases": phases.seconds}, status="failed", error=str(exc))
+        raise
+    except Exception as exc:
+        store.finish_run(
+            run.id, {"phases": phases.seconds}, status="failed", error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
+
+
+def retrain(
+    config: RunConfig,
+    store=None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> RunSummary:
+    """Run one retrain and store it.
+
+    Raises:
+        LabError: bad data, missing weights, cancellation; the run is stored as failed/cancelled.
+    """
+    store = _open_store(store)
+    with _recorded_run(store, config, progress, "scan") as (run_id, phases):
+        prepared = prepare(config, progress, cancel, phases)
+        return train_and_save(config, prepared, store, run_id, phases, progress, cancel)
+
+
+def retrain_on(
+    config: RunConfig,
+    prepared: Bottlenecks,
+    store=None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> RunSummary:
+    """Run one retrain on bottlenecks already prepared (experiments train many heads on one extraction).
+
+    Raises:
+        InvalidArgument: `config` describes other data than `prepared` was extracted for.
+    """
+    keys = _SHARED_FIELDS + (("seed",) if config.weights == "random" else ())  # random weights: by seed
+    for key in keys:
+        if _field(config, key) != _field(prepared.config, key):
+            raise InvalidArgument(
+                f"these bottlenecks were prepared for {key}={_field(prepared.config, key)!r}, "
+                f"got {key}={_field(config, key)!r}"
+            )
+    store = _open_store(store)
+    with _recorded_run(store, config, progress, "train") as (run_id, phases):
+        return train_and_save(config, prepared, store, run_id, phases, progress, cancel)
+
+
+def train_and_save(config, prepared: Bottlenecks, store, run_id, phases, progress, cancel) -> RunSummary:
+    """Train the head (and fine-tune if asked), evaluate, save the run folder and finish the run."""
+    data, feats = prepared.data, prepared.feats
 
     def on_train(event: dict) -> None:
         row = event.get("row")
         if row:
-            history_buffer.append(row)
             store.log_metrics(run_id, [row])
         if progress is not None:
             progress(event)
 
     with phases("train"):
         head = training.train_head(
-            x[sel["train"]],
-            y[sel["train"]],
-            x[sel["validation"]],
-            y[sel["validation"]],
+            *prepared.part("train"),
+            *prepared.part("validation"),
             len(data.classes),
             config.train,
             progress=on_train,
             cancel=cancel,
         )
-    history = head.history
-    with phases("evaluate"):
-        emit(progress, "evaluate", 0, 1, "Evaluating on the test split")
-        test_records = [r for r, keep in zip(data.records, sel["test"], strict=True) if keep]
-        results = _evaluate(head, x[sel["test"]], y[sel["test"]], test_records, data.classes)
-    model_parts = None
+    history, tuned = head.history, None
     if config.train.fine_tune_layers > 0:
         with phases("fine_tune"):
-            model_parts, ft_history = training.fine_tune(
+            tuned = training.fine_tune(
                 data,
                 config.architecture,
                 config.weights,
@@ -208,16 +271,31 @@ def _execute(config, store, run_id, phases, progress, cancel) -> RunSummary:
                 progress=progress,
                 cancel=cancel,
             )
-            history = history + ft_history
+        history = history + tuned.history
+    with phases("evaluate"):
+        emit(progress, "evaluate", 0, 1, "Evaluating on the test split")
+        x_test, y_test = prepared.part("test")
+        test_records = prepared.records("test")
+        probs = training.head_probabilities(head.kernel, head.bias, x_test)
+        if tuned is not None:
+            head_results = _evaluate(probs, y_test, test_records, data.classes, history)
+            probs = _model_probabilities(tuned.model, test_records, config.architecture, len(data.classes))
+        results = _evaluate(probs, y_test, test_records, data.classes, history)
+        if tuned is not None:
             results["fine_tune"] = {
                 "layers": config.train.fine_tune_layers,
+                "unfrozen_layers": tuned.unfrozen_layers,
+                "trainable_parameters": tuned.trainable_params,
+                "steps": config.train.fine_tune_steps,
+                "seconds": tuned.seconds,
+                "head_test_accuracy": head_results["test_accuracy"],
                 "bypasses_cache": True,
-                "note": "Fine-tuning trains on distorted images end to end, "
-                "so it bypasses the bottleneck cache.",
+                "note": tuned.note,
             }
     with phases("save"):
         emit(progress, "save", 0, 1, "Saving the classifier")
-        _save_artifacts(store.run_dir(run_id), config, data, head, model_parts, history, results, feats)
+        _save_artifacts(store.run_dir(run_id), config, data, head, tuned, history, results, feats)
+    shared = {k: v for k, v in prepared.phases.items() if k not in phases.seconds}
     results.update(
         {
             "dataset": data.summary(),
@@ -227,6 +305,8 @@ def _execute(config, store, run_id, phases, progress, cancel) -> RunSummary:
             "class_names": data.classes,
         }
     )
+    if shared:  # scan and extraction done once for several runs (an experiment)
+        results["shared_phases"] = shared
     store.finish_run(run_id, results, status="finished")
     emit(progress, "save", 1, 1, f"Run {run_id} finished", run_id=run_id)
     return RunSummary(
@@ -237,10 +317,18 @@ def _execute(config, store, run_id, phases, progress, cancel) -> RunSummary:
     )
 
 
-def _evaluate(head, x_test, y_test, test_records, class_names) -> dict[str, Any]:
+def _model_probabilities(model, records, architecture: str, num_classes: int) -> np.ndarray:
+    """Class probabilities of a whole classifier (a fine-tuned one) on image files."""
+    if not records:
+        return np.zeros((0, num_classes), np.float32)
+    size = backbones.get_backbone(architecture).input_size
+    batches = features.decode_dataset([r.path for r in records], [r.needs_pil for r in records], size)
+    return np.concatenate([np.asarray(model(batch, training=False)) for batch in batches])
+
+
+def _evaluate(probs, y_test, test_records, class_names, history) -> dict[str, Any]:
     if len(y_test) == 0:
         return {"test_accuracy": None, "test_count": 0, "note": "The test split is empty."}
-    probs = training.head_probabilities(head.kernel, head.bias, x_test)
     ev = training.evaluate(probs, y_test, class_names)
     misclassified = [
         {
@@ -258,7 +346,7 @@ def _evaluate(head, x_test, y_test, test_records, class_names) -> dict[str, Any]
         "per_class_accuracy": ev.per_class_accuracy,
         "confusion_matrix": ev.confusion,
         "misclassified": misclassified,
-        "final": history_last(head.history),
+        "final": history_last(history),
     }
 
 
@@ -267,22 +355,29 @@ def history_last(history: list[dict]) -> dict[str, Any]:
     return dict(history[-1]) if history else {}
 
 
+@functools.lru_cache(maxsize=1)
+def _feature_model(architecture: str, weights: str, seed: int):
+    # Built once per process: the heads of an experiment (or repeated runs in a worker) share the
+    # frozen backbone, and rebuilding it cost more than saving the model. Never fine-tuned in place.
+    return backbones.build_feature_extractor(architecture, weights=weights, seed=seed)
+
+
 def build_classifier(architecture: str, weights: str, kernel, bias, seed: int = 0):
     """The deployable classifier: 0..255 pixels -> preprocessing -> backbone -> softmax head."""
     import keras
 
-    extractor = backbones.build_feature_extractor(architecture, weights=weights, seed=seed)
+    extractor = _feature_model(architecture, weights, seed)
     head = keras.layers.Dense(kernel.shape[1], activation="softmax", name="head")
     outputs = head(extractor.output)
     head.set_weights([np.asarray(kernel), np.asarray(bias)])
     return keras.Model(extractor.input, outputs, name=f"classifier_{architecture}")
 
 
-def _save_artifacts(folder: Path, config, data, head, model_parts, history, results, feats) -> None:
+def _save_artifacts(folder: Path, config, data, head, tuned, history, results, feats) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     model = (
-        model_parts
-        if model_parts is not None
+        tuned.model
+        if tuned is not None
         else build_classifier(
             config.architecture, config.weights, head.kernel, head.bias, seed=config.train.seed
         )
