@@ -30,6 +30,7 @@ from engine.store import RunStore, hostname, new_id, process_alive, to_json
 # Import strings, not functions: the worker imports only what its job needs (TensorFlow is slow).
 JOB_KINDS: dict[str, str] = {
     "retrain": "engine.pipeline:run_job",
+    "experiment": "engine.experiments:run_job",
     "count": "engine.jobs:count_job",
 }
 JOB_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
