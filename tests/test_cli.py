@@ -48,12 +48,8 @@ def test_retrain_classify_runs_json_on_demo_data(tmp_path):
     out = last_json(proc)
     assert {"run_id", "test_accuracy", "phases", "cache_hits", "cache_misses"} <= set(out)
     assert out["cache_misses"] > 0 and "extract" in out["phases"]
-    demo_dir = Path(os.environ["LAB_HOME"]) / "datasets" / "demo"
-    folder = next(
-        p
-        for p in demo_dir.rglob("*")
-        if p.is_dir() and any(p.iterdir()) and not any(c.is_dir() for c in p.iterdir())
-    )
+    demo_root = next((Path(os.environ["LAB_HOME"]) / "datasets").glob("demo-*"))
+    folder = sorted(p for p in demo_root.iterdir() if p.is_dir())[0]  # one class folder
     proc = run_cli("classify", "--run", out["run_id"], str(folder), "--top_k", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     results = last_json(proc)["results"]
@@ -69,7 +65,7 @@ def test_retrain_classify_runs_json_on_demo_data(tmp_path):
         (["retrain", "--image_dir", "/no/such/folder"], "/no/such/folder"),
         (["retrain", "--image_dir", "demo", "--architecture", "resnet_9"], "mobilenet_0.25_224"),
         (["retrain", "--image_dir", "demo", "--learning_rate", "-1"], "learning_rate=-1"),
-        (["classify", "--run", "nope", "x.jpg"], "nope"),
+        (["classify", "--run", "nope", "README.md"], "nope"),
     ],
 )
 def test_expected_failures_are_one_line_without_traceback(args, needle):
