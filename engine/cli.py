@@ -16,7 +16,7 @@ import sys
 from engine.errors import LabError
 
 # modules that add a subcommand; a module missing from a partial checkout is skipped
-COMMAND_MODULES = ("engine.cli_runs", "engine.cli_arch", "engine.cli_experiment")
+COMMAND_MODULES = ("engine.cli_runs", "engine.cli_arch", "engine.cli_convert", "engine.cli_experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:

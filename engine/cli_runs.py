@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from engine import backbones
+from engine.runtimes import FORMATS
 
 
 def add_parser(subparsers) -> None:
@@ -32,6 +33,12 @@ def add_parser(subparsers) -> None:
     c.add_argument("--run", required=True, help="run id (see `runs`)")
     c.add_argument("paths", nargs="+", help="image files or folders")
     c.add_argument("--top_k", type=int, default=5)
+    c.add_argument(
+        "--format",
+        default="keras",
+        choices=FORMATS,
+        help="run the run's model in this format (converted first if missing; see `convert`)",
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_classify)
 
@@ -129,7 +136,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from engine.predict import Classifier, expand_paths
 
     paths = expand_paths(args.paths)
-    classifier = Classifier.from_run(args.run)
+    classifier = Classifier.from_run(args.run, fmt=args.format)
     results = classifier.classify(paths, top_k=args.top_k)
     failed = 0
     for res in results:
@@ -141,7 +148,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
         for label, score in zip(res.labels, res.scores, strict=True):
             print(f"  {label:<24} {score:.5f}")
     if args.json:
-        print_json({"run_id": args.run, "results": [r.as_dict() for r in results]})
+        print_json(
+            {
+                "run_id": args.run,
+                "format": args.format,
+                "backend": classifier.runtime.backend,
+                "results": [r.as_dict() for r in results],
+            }
+        )
     return 1 if failed == len(results) else 0
 
 

@@ -32,6 +32,8 @@ JOB_KINDS: dict[str, str] = {
     "retrain": "engine.pipeline:run_job",
     "experiment": "engine.experiments:run_job",
     "count": "engine.jobs:count_job",
+    "convert": "engine.convert:run_job",
+    "timing": "engine.bench:run_job",
 }
 JOB_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")

@@ -63,17 +63,26 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
 class Classifier:
     """A Keras classifier taking 0..255 pixels, with its class names and input size."""
 
-    def __init__(self, model, class_names: list[str], input_size: int, name: str) -> None:
-        import tensorflow as tf
+    def __init__(self, model, class_names: list[str], input_size: int, name: str, runtime=None) -> None:
+        from engine.runtimes import KerasRuntime
 
         self.model, self.class_names, self.input_size, self.name = model, class_names, input_size, name
-        spec = tf.TensorSpec([None, input_size, input_size, 3], tf.float32)
-        self._forward = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-        self._forward(tf.zeros([1, input_size, input_size, 3]))  # trace once so latency is warm
+        # the backend that turns pixels into probabilities: Keras by default, or any exported format
+        self.runtime = runtime if runtime is not None else KerasRuntime(model, input_size)
+        self.fmt = self.runtime.fmt
 
     @classmethod
-    def from_run(cls, run_id: str, store=None) -> Classifier:
-        """Load a run's `model.keras` (safe mode: no arbitrary code) and its labels."""
+    def from_run(cls, run_id: str, store=None, fmt: str = "keras") -> Classifier:
+        """Load a run's `model.keras` (safe mode: no arbitrary code) and its labels.
+
+        With `fmt` other than "keras" (see engine.runtimes.FORMATS) the run's export in that
+        format is used instead, converted first if it is missing.
+        """
+        if fmt != "keras":  # LiteRT and ONNX Runtime formats load without importing TensorFlow
+            from engine.convert import load_run_runtime
+
+            runtime, info = load_run_runtime(run_id, fmt, store)
+            return cls(None, info.class_names, info.input_size, f"run {info.run_id} ({fmt})", runtime=runtime)
         import keras
 
         from engine.store import RunStore
@@ -92,7 +101,7 @@ class Classifier:
 
     def predict_arrays(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of (N, size, size, 3) 0..255 pixels."""
-        return self._forward(np.asarray(pixels, dtype=np.float32)).numpy()
+        return self.runtime.predict(np.asarray(pixels, dtype=np.float32))
 
     def classify(self, items: list[Any], top_k: int = 5) -> list[Prediction]:
         """Classify image files or raw bytes one by one (per-image latency is what users feel).
