@@ -1,0 +1,143 @@
+"""The timing lab: a tiny real run on the CPU, the GPU path where one exists, and imported timings' schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from engine import bench, bench_report
+from engine.bench import TimingsError
+from engine.errors import InvalidArgument
+
+
+def _report(label: str = "Alex's laptop", gpu: bool = True) -> dict:
+    """A small but complete timings report as another machine would export it."""
+    rows = []
+    for backbone, scale in (("mobilenet_0.25_224", 1.0), ("inception_v3", 20.0)):
+        rows.append({"backbone": backbone, "phase": "decode", "device": "cpu", "seconds": 0.1, "items": 32})
+        for phase, cpu_ms, gpu_ms in (
+            ("extract", 5, 1),
+            ("train", 1, 2),
+            ("single", 10, 12),
+            ("batch", 4, 0.5),
+        ):
+            for device, ms in (
+                (("cpu", cpu_ms * scale), ("gpu", gpu_ms * scale)) if gpu else (("cpu", cpu_ms * scale),)
+            ):
+                rows.append(
+                    {"backbone": backbone, "phase": phase, "device": device, "seconds": ms / 1000, "items": 1}
+                )
+    for row in rows:
+        row["per_item_ms"] = row["seconds"] / row["items"] * 1000
+    return {
+        "schema": bench.SCHEMA,
+        "version": bench.SCHEMA_VERSION,
+        "label": label,
+        "created": 1_700_000_000.0,
+        "machine": {
+            "cpu_model": "Ryzen 5",
+            "tensorflow_version": "2.21.0",
+            "gpus": ["RTX 3060"] if gpu else [],
+        },
+        "timings": rows,
+    }
+
+
+def test_import_a_classmates_timings_and_list_them_labelled():
+    report = bench.import_timings(json.dumps(_report()).encode(), label="Sam's RTX 3060")
+    assert report["origin"] == "imported" and report["label"] == "Sam's RTX 3060"
+    listed = bench.list_timings()
+    assert [r["label"] for r in listed] == ["Sam's RTX 3060"]
+    assert bench.load_timings(listed[0]["id"])["machine"]["gpus"] == ["RTX 3060"]
+    assert (bench.timings_dir() / f"{report['id']}.json").is_file()
+
+
+def test_import_from_a_file_path(tmp_path):
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps(_report(label="from a file")))
+    assert bench.import_timings(path)["label"] == "from a file"
+
+
+def _broken(change) -> bytes:
+    report = copy.deepcopy(_report())
+    change(report)
+    return json.dumps(report).encode()
+
+
+@pytest.mark.parametrize(
+    "data, where",
+    [
+        (b"not json at all", "not valid JSON"),
+        (b"[1, 2, 3]", "top level"),
+        (_broken(lambda r: r.update(schema="something-else")), "'schema'"),
+        (_broken(lambda r: r.update(version=2)), "'version'"),
+        (_broken(lambda r: r.pop("machine")), "'machine'"),
+        (_broken(lambda r: r["machine"].update(gpus="RTX")), "'machine.gpus'"),
+        (_broken(lambda r: r.update(timings=[])), "'timings'"),
+        (_broken(lambda r: r["timings"][1].update(phase="compile")), "'timings[1].phase'"),
+        (_broken(lambda r: r["timings"][2].update(device="tpu")), "'timings[2].device'"),
+        (_broken(lambda r: r["timings"][0].update(seconds=-1)), "'timings[0].seconds'"),
+        (_broken(lambda r: r["timings"][0].update(items=0)), "'timings[0].items'"),
+        (b'{"schema": "classifier-lab/timings", "version": 1, "label": "x", "timings": NaN}', "'machine'"),
+    ],
+)
+def test_bad_timings_files_are_refused_with_the_field(data, where):
+    with pytest.raises(TimingsError, match=None) as err:
+        bench.import_timings(data)
+    assert where in str(err.value)
+    assert bench.list_timings() == []  # nothing half-imported
+
+
+def test_oversized_file_is_refused():
+    with pytest.raises(TimingsError, match="limit"):
+        bench.import_timings(b"{" + b" " * (bench.MAX_IMPORT_BYTES + 1) + b"}")
+
+
+def test_speedups_and_explanations():
+    report = _report()
+    table = {(r["backbone"], r["phase"]): r for r in bench.speedups(report)}
+    assert table[("inception_v3", "batch")]["speedup"] == pytest.approx(8.0)
+    assert table[("mobilenet_0.25_224", "single")]["speedup"] < 1
+    assert table[("mobilenet_0.25_224", "decode")]["speedup"] is None  # CPU only, by design
+    notes = " ".join(bench.explain(report))
+    assert "fixed costs" in notes and "launch" in notes  # single image and head training: no GPU win
+    assert "8.0× faster" in notes and "Inception v3" in notes
+    cpu_only = " ".join(bench.explain(_report(gpu=False)))
+    assert "No GPU was visible" in cpu_only and "20× the work" in cpu_only
+
+
+def test_explanations_never_import_tensorflow():
+    import sys
+
+    assert "tensorflow" not in bench_report.__dict__ and "tensorflow" not in bench.__dict__
+    assert bench_report.explain_rows([], {}) and "keras" not in dir(bench_report)
+    assert sys.modules.get("engine.bench_report") is bench_report
+
+
+@pytest.mark.slow
+def test_a_tiny_lab_run_on_this_cpu():
+    events = []
+    report = bench.run_lab(
+        ["mobilenet_0.25_128"], images=4, batch_size=4, single_runs=3, train_steps=10, progress=events.append
+    )
+    phases = {(r["phase"], r["device"]) for r in report["timings"]}
+    devices = ["cpu", "gpu"] if report["machine"]["gpus"] else ["cpu"]
+    assert phases == {("decode", "cpu")} | {(p, d) for p in bench.PHASES[1:] for d in devices}
+    assert all(r["seconds"] > 0 and r["per_item_ms"] > 0 for r in report["timings"])
+    assert report["machine"]["cpu_model"] and report["machine"]["tensorflow_version"]
+    assert bench.load_timings(report["id"])["origin"] == "measured"
+    assert events[-1]["phase"] == "bench" and events[-1]["done"] == events[-1]["total"]
+    if not report["machine"]["gpus"]:
+        with pytest.raises(InvalidArgument, match="no GPU"):
+            bench.run_lab(["mobilenet_0.25_128"], devices=["gpu"])
+
+
+@pytest.mark.slow
+def test_gpu_timings_where_a_gpu_exists():
+    if not bench.gpu_names():
+        pytest.skip("GPU timing UNVERIFIED here: TensorFlow sees no GPU on this machine")
+    report = bench.run_lab(["mobilenet_0.25_128"], images=8, batch_size=8, single_runs=5, train_steps=20)
+    assert any(r["device"] == "gpu" for r in report["timings"])
+    assert all(r["speedup"] for r in bench.speedups(report) if r["phase"] != "decode")
