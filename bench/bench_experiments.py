@@ -1,0 +1,134 @@
+"""Bench: a 4-rate learning-rate race costs <= 1.2 x (one extraction + 4 head trainings measured alone).
+
+`python bench/bench_experiments.py [--steps 4000] [--repeats 3]`
+
+Both sides run warm in one process (TensorFlow imported, the extractor built, the training
+function traced, the saving backbone built), each with an empty bottleneck cache, alternating so
+that load from other processes hits both alike:
+  - alone: `extract_features` on the 200 shared flower photos, then `train_head` once per rate;
+  - race:  `experiments.lr_race` end to end (scan, one extraction, per rate a stored run with its
+    history, test evaluation and model.keras).
+A race that re-extracted per rate would cost about 4 extractions and fail by a wide margin.
+Prints seconds per repeat, the median ratio and PASS/FAIL; exit code 0 on PASS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "assets"
+FLOWERS = SHARED / "flower_photos_small_set"
+WEIGHTS = SHARED / "keras_weights" / "mobilenet_2_5_224_tf_no_top.h5"
+ARCH = "mobilenet_0.25_224"
+RATES = (0.005, 0.01, 0.1, 1.0)
+LIMIT = 1.2
+
+
+def fresh_home(tmp: Path, name: str) -> Path:
+    """Point LAB_HOME at an empty folder: an empty bottleneck cache and run store."""
+    home = tmp / name
+    shutil.rmtree(home, ignore_errors=True)
+    os.environ["LAB_HOME"] = str(home)
+    return home
+
+
+def alone(steps: int, tmp: Path) -> dict[str, float]:
+    from engine import datasets, features, training
+
+    fresh_home(tmp, "alone")
+    data = datasets.scan_image_dir(FLOWERS)
+    start = time.perf_counter()
+    feats = features.extract_features(data.records, ARCH, "imagenet")
+    extract = time.perf_counter() - start
+    assert feats.stats.misses == len(data.records), feats.stats
+    split = [r.split for r in data.records]
+    labels = [data.label_index[r.label] for r in data.records]
+    part = {
+        s: (
+            feats.features[[i for i, v in enumerate(split) if v == s]],
+            [labels[i] for i, v in enumerate(split) if v == s],
+        )
+        for s in ("train", "validation")
+    }
+    start = time.perf_counter()
+    for rate in RATES:
+        config = training.TrainConfig(learning_rate=rate, steps=steps)
+        training.train_head(*part["train"], *part["validation"], len(data.classes), config)
+    train = time.perf_counter() - start
+    return {"extract": extract, "train": train, "total": extract + train}
+
+
+def race(steps: int, tmp: Path) -> dict[str, float]:
+    from engine import experiments
+    from engine.pipeline import RunConfig
+    from engine.training import TrainConfig
+
+    fresh_home(tmp, "race")
+    start = time.perf_counter()
+    result = experiments.lr_race(
+        RunConfig(source=str(FLOWERS), architecture=ARCH, train=TrainConfig(steps=steps)), RATES
+    )
+    total = time.perf_counter() - start
+    (stats,) = result.extraction
+    assert stats["misses"] == 200 and stats["hits"] == 0, stats  # extracted once, from scratch
+    assert all(r["steps"] == steps for r in result.rows), result.rows
+    return {"extract": stats["seconds"], "total": total}
+
+
+def warm_up(tmp: Path) -> None:
+    from engine import experiments
+    from engine.pipeline import RunConfig
+    from engine.training import TrainConfig
+
+    fresh_home(tmp, "warm")
+    config = RunConfig(source=str(FLOWERS), architecture=ARCH, train=TrainConfig(steps=20))
+    experiments.lr_race(config, (0.01,))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if not (FLOWERS.is_dir() and WEIGHTS.is_file()):
+        print(f"SKIP: needs {FLOWERS} and {WEIGHTS}")
+        return 0
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_experiments_"))
+    (tmp / "keras" / "models").mkdir(parents=True)
+    shutil.copy(WEIGHTS, tmp / "keras" / "models" / WEIGHTS.name)
+    os.environ["KERAS_HOME"] = str(tmp / "keras")
+    try:
+        warm_up(tmp)
+        ratios = []
+        for i in range(args.repeats):
+            a = alone(args.steps, tmp)
+            r = race(args.steps, tmp)
+            ratios.append(r["total"] / a["total"])
+            print(
+                f"repeat {i + 1}: alone {a['total']:.2f} s (extract {a['extract']:.2f} + 4 heads "
+                f"{a['train']:.2f}); race {r['total']:.2f} s (extract {r['extract']:.2f}); "
+                f"ratio {ratios[-1]:.3f}"
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = statistics.median(ratios)
+    verdict = "PASS" if ratio <= LIMIT else "FAIL"
+    print(
+        f"4-rate race / (one extraction + 4 head trainings), {args.steps} steps: median ratio "
+        f"{ratio:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}) <= {LIMIT}: {verdict}"
+    )
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

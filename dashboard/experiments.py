@@ -1,0 +1,273 @@
+"""Experiments: learning-rate race, layer freezing, steps study and dataset comparison, one click each."""
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import cache, charts
+from dashboard.components import STATUS_ICONS, guard, job_progress, plot
+from engine import backbones, experiments, jobs, summaries, uploads
+from engine.errors import InvalidArgument
+from engine.pipeline import RunConfig
+from engine.training import SCHEDULES, TrainConfig
+
+POLL_SECONDS = 1.5
+STUDIES = {
+    "lr_race": "Learning-rate race",
+    "freezing": "Layer freezing",
+    "steps": "Steps study",
+    "datasets": "Dataset comparison",
+}
+NAMED_SOURCES = {
+    "demo": "Demo set (generated)",
+    "flowers": "flower_photos (download)",
+    "beans": "beans (download)",
+}
+FLAG_ICONS = {
+    None: ":material/check_circle:",
+    "diverged": ":material/error:",
+    "collapsed": ":material/trending_down:",
+    "oscillating": ":material/ssid_chart:",
+    "overconfident": ":material/warning:",
+}
+PERCENT_COLUMNS = ("final_validation_accuracy", "test_accuracy", "validation_accuracy", "train_accuracy")
+HEADERS = {
+    "name": "Run", "learning_rate": "Learning rate", "schedule": "Schedule", "status": "Status",
+    "final_validation_accuracy": "Validation acc.", "test_accuracy": "Test acc.",
+    "steps_to_target": "Steps to target", "seconds_to_target": "Seconds to target",
+    "final_cross_entropy": "Final cross-entropy", "steps": "Steps", "train_seconds": "Train s",
+    "flag": "Flag", "explanation": "What happened", "fine_tune_layers": "Unfrozen layers",
+    "trainable_parameters": "Trainable params", "seconds_per_step": "s / step", "total_seconds": "Total s",
+    "source": "Source", "classes": "Classes", "images": "Images", "per_class_accuracy": "Per-class acc.",
+    "checkpoint": "Checkpoint", "step": "Step", "validation_accuracy": "Validation acc.",
+    "train_accuracy": "Train acc.", "note": "Note",
+}  # fmt: skip
+
+
+def source_options() -> dict[str, str]:
+    """Dataset choices: this session's dataset (from Data), stored datasets, then named sources."""
+    options: dict[str, str] = {}
+    current = st.session_state.get("dataset_path")
+    if current:
+        options[current] = f"{Path(current).name} (chosen on Data)"
+    for label, folder in uploads.stored_datasets().items():
+        options.setdefault(str(folder), label)
+    for key, label in NAMED_SOURCES.items():
+        options.setdefault(key, label)
+    return options
+
+
+def numbers(text: str, cast, what: str) -> list:
+    try:
+        return [cast(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise InvalidArgument(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def table(rows: list[dict], columns) -> pd.DataFrame:
+    """Rows as a display table: percentages, "never" for a target not reached, readable headers."""
+    shown = []
+    for row in rows:
+        cells = {}
+        for key in columns:
+            value = row.get(key)
+            if key.endswith("_to_target") and value is None and "steps" in row:
+                cells[HEADERS.get(key, key)] = summaries.NEVER
+            elif key == "flag":
+                cells[HEADERS[key]] = value or "—"
+            else:
+                cells[HEADERS.get(key, key)] = summaries.display(value, key in PERCENT_COLUMNS)
+        shown.append(cells)
+    return pd.DataFrame(shown)
+
+
+def settings(study: str) -> dict | None:
+    """The experiment form; returns job params when Start is pressed."""
+    options = source_options()
+    if study == "datasets":
+        picked = st.multiselect("Datasets (two or more)", list(options), format_func=options.get)
+    else:
+        picked = [st.selectbox("Dataset", list(options), format_func=options.get)]
+    names = backbones.list_backbones()
+    architecture = st.selectbox("Backbone", names, index=names.index(backbones.DEFAULT_BACKBONE))
+    weights = st.radio("Weights", ["imagenet", "random"], horizontal=True)
+    c1, c2 = st.columns(2)
+    steps = c1.number_input("Training steps", 1, 100_000, 1000, step=100)
+    schedule = c2.selectbox("Learning-rate schedule", SCHEDULES)
+    seed = c1.number_input("Seed", 0, 2**31 - 1, 0, help="the same seed gives the same curves")
+    eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, 10)
+    params: dict = {"study": study}
+    train = {
+        "steps": int(steps),
+        "schedule": schedule,
+        "seed": int(seed),
+        "eval_interval": int(eval_interval),
+    }
+    if study == "lr_race":
+        rates = st.text_input("Learning rates", ", ".join(f"{r:g}" for r in experiments.DEFAULT_RATES))
+        target = st.slider("Target validation accuracy", 0.05, 1.0, experiments.DEFAULT_TARGET, 0.05)
+        params.update(rates_text=rates, target=float(target))
+    else:
+        train["learning_rate"] = float(st.number_input("Learning rate", 0.0001, 10.0, 0.01, format="%.4f"))
+    if study == "freezing":
+        layers = st.text_input("Unfrozen top layers (0 = head only)", "0, 2, 6")
+        train["fine_tune_steps"] = int(st.number_input("Fine-tune steps", 1, 10_000, 100))
+        params["layers_text"] = layers
+    if not st.button("Start experiment", type="primary", icon=":material/play_arrow:"):
+        return None
+    if study == "lr_race":
+        params["rates"] = numbers(params.pop("rates_text"), float, "Learning rates")
+    if study == "freezing":
+        params["layers"] = numbers(params.pop("layers_text"), int, "Layer counts")
+    if study == "datasets":
+        params["sources"] = picked
+    source = picked[0] if picked else "demo"
+    config = RunConfig(source=source, architecture=architecture, weights=weights, train=TrainConfig(**train))
+    params["config"] = asdict(config)
+    return params
+
+
+def render(experiment_id: str, key: str, live: bool = False) -> None:
+    """Curves, result table, flags and charts of one experiment (live: as far as it got)."""
+    store = cache.store()
+    exp = store.get_experiment(experiment_id)
+    rows = experiments.experiment_table(experiment_id, store)
+    curves = pd.DataFrame(experiments.experiment_curves(experiment_id, store))
+    if exp.kind == "lr_race":
+        target = exp.config.get("target")
+        left, right = st.columns(2)
+        with left:
+            plot(charts.experiment_curves(curves, "accuracy", target=target), key=f"{key}_acc")
+        with right:
+            plot(charts.experiment_curves(curves, "cross_entropy"), key=f"{key}_xent")
+        st.dataframe(table(rows, experiments.RACE_COLUMNS[:-2]), hide_index=True)
+        for row in rows:
+            st.markdown(f"{FLAG_ICONS.get(row['flag'], '')} **{row['name']}**: {row['explanation']}")
+    elif exp.kind == "freezing":
+        st.dataframe(table(rows, experiments.FREEZING_COLUMNS[:-1]), hide_index=True)
+        frame = pd.DataFrame([{"run": r["name"], **r} for r in rows])
+        if not frame.empty and not live:
+            left, right = st.columns(2)
+            with left:
+                plot(charts.metric_bars(frame, "test_accuracy", "Test accuracy", "Accuracy"), key=f"{key}_a")
+            with right:
+                plot(
+                    charts.metric_bars(frame, "seconds_per_step", "Time per step", "Seconds"), key=f"{key}_s"
+                )
+        st.caption("Unfreezing layers trains on images end to end, so it bypasses the bottleneck cache.")
+    else:
+        plot(charts.experiment_curves(curves, "accuracy"), key=f"{key}_acc")
+        st.dataframe(table(rows, experiments.DATASET_COLUMNS[:-2]), hide_index=True)
+        details = experiments.dataset_details(experiment_id, store)
+        per_class = [
+            {"run": d["name"], "class": c, "accuracy": a}
+            for d in details
+            for c, a in d["per_class_accuracy"].items()
+            if a is not None
+        ]
+        if per_class:
+            plot(charts.per_class_accuracy(pd.DataFrame(per_class)), key=f"{key}_pc")
+        for column, d in zip(st.columns(max(1, len(details))), details, strict=False):
+            with column:
+                st.markdown(f"**{d['name']}**")
+                if d["confusion_matrix"]:
+                    plot(
+                        charts.confusion_matrix(d["confusion_matrix"], d["class_names"]),
+                        key=f"{key}_{d['run_id']}",
+                    )
+    if not live:
+        st.download_button(
+            "Download CSV",
+            experiments.experiment_csv(experiment_id, store),
+            file_name=f"experiment-{experiment_id}.csv",
+            mime="text/csv",
+            icon=":material/download:",
+            key=f"{key}_csv",
+        )
+
+
+def watched_job(study: str):
+    """This session's experiment job, or one running now (a refresh or a second tab finds it)."""
+    own = st.session_state.get("experiment_job")
+    active = [j for j in jobs.list_jobs(active_only=True, store=cache.store()) if j.kind == "experiment"]
+    mine = [j for j in active if j.id == own] or [j for j in active if j.params.get("study") == study]
+    if mine:
+        return mine[0]
+    return jobs.get_job(own, store=cache.store()) if own else None
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def monitor(job_id: str) -> None:
+    """Live progress and overlaid curves of a running experiment; a full rerun once it has ended."""
+    job = jobs.get_job(job_id, store=cache.store())
+    label = experiments.KINDS.get(job.params.get("study"), "Experiment")
+    head, button = st.columns([5, 1], vertical_alignment="center")
+    head.markdown(f"{STATUS_ICONS.get(job.status, '')} **{label}** · job `{job.id}` · {job.status}")
+    if job.active and button.button("Cancel", icon=":material/stop_circle:", key="cancel_experiment"):
+        with guard("Cancelling"):
+            jobs.cancel_job(job.id, store=cache.store())
+    job_progress(job)
+    experiment_id = (job.extra or {}).get("experiment_id") or (job.result or {}).get("experiment_id")
+    if experiment_id:
+        render(experiment_id, "live", live=True)
+    if not job.active:
+        st.rerun()
+
+
+def steps_study() -> None:
+    """Accuracy at chosen steps, read from one finished run's history (no retraining)."""
+    runs = [r for r in cache.store().list_runs() if r.status == "finished"]
+    if not runs:
+        st.info("No finished runs yet: train one on the Train page or start a race.", icon=":material/info:")
+        return
+    labels = {r.id: f"{r.name} · {r.id}" for r in runs}
+    run_id = st.selectbox("Run", list(labels), format_func=labels.get)
+    text = st.text_input("Steps", ", ".join(map(str, experiments.DEFAULT_CHECKPOINTS)))
+    with guard("Reading the run's history"):
+        rows = experiments.steps_study(run_id, numbers(text, int, "Steps"), cache.store())
+        frame = pd.DataFrame(rows).astype({"validation_accuracy": float, "test_accuracy": float})
+        plot(charts.accuracy_at_steps(frame), key="steps_chart")
+        st.dataframe(table(rows, ("checkpoint", "step", "validation_accuracy", "test_accuracy", "note")))
+        st.download_button(
+            "Download CSV", summaries.to_csv(rows), file_name=f"steps-{run_id}.csv", mime="text/csv"
+        )
+
+
+st.title(":material/science: Experiments")
+st.caption(
+    "Compare settings on identical data: every run of an experiment trains on the same cached "
+    "bottlenecks and split, and each run is stored like any other (see Runs)."
+)
+study = st.segmented_control(
+    "Study", list(STUDIES), format_func=STUDIES.get, default="lr_race", key="experiment_study"
+)
+study = study or "lr_race"
+if study == "steps":
+    steps_study()
+    st.stop()
+
+form_col, watch_col = st.columns([1, 2], gap="large")
+with form_col, st.container(border=True):
+    st.markdown(f"**{STUDIES[study]}**")
+    with guard("Starting the experiment"):
+        params = settings(study)
+        if params is not None:
+            st.session_state["experiment_job"] = jobs.start_job("experiment", params, store=cache.store())
+
+with watch_col, guard("Following the experiment"):
+    job = watched_job(study)
+    if job is not None and job.active:
+        monitor(job.id)
+    elif job is not None and job.status != "finished":
+        st.error(job.error or f"The experiment {job.status}.", icon=":material/error:")
+    past = [e for e in experiments.list_experiments(cache.store()) if e["kind"] == study]
+    running = (job.extra or {}).get("experiment_id") if job is not None and job.active else None
+    past = [e for e in past if e["id"] != running]
+    if past:
+        labels = {e["id"]: f"{e['name']} · {e['runs']} runs · {e['id']}" for e in past}
+        chosen = st.selectbox("Results of", list(labels), format_func=labels.get, key="experiment_pick")
+        render(chosen, "done")
+    elif running is None:
+        st.info("No experiments of this kind yet. Configure one and press **Start experiment**.")

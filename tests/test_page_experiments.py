@@ -1,0 +1,124 @@
+"""AppTest of the Experiments page: studies render, stored results show, Start runs a background job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import experiments, jobs, sources
+from engine.pipeline import RunConfig
+from engine.training import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120  # seconds per script run; the first imports are slow on a busy machine
+
+
+def page(study: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "dashboard" / "experiments.py"), default_timeout=TIMEOUT)
+    if study:
+        at.session_state["experiment_study"] = study
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def widget(items, label: str):
+    return next(w for w in items if w.label == label)
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown) + "\n".join(c.value for c in at.caption)
+
+
+@pytest.fixture
+def demo_base() -> RunConfig:
+    folder = sources.make_demo_dataset(num_classes=3, per_class=12, size=48, seed=3)
+    return RunConfig(
+        source=str(folder),
+        architecture="mobilenet_0.25_128",
+        weights="random",
+        validation_percentage=20,
+        testing_percentage=20,
+        train=TrainConfig(steps=30, fine_tune_steps=3, fine_tune_batch_size=4),
+    )
+
+
+@pytest.mark.parametrize("study", ["lr_race", "freezing", "steps", "datasets"])
+def test_each_study_renders_on_an_empty_lab(study):
+    at = ok(page(study).run())
+    assert at.title and "Experiments" in at.title[0].value
+    assert at.info, "an empty lab explains what to do"
+
+
+def test_stored_race_shows_table_flags_curves_and_csv(demo_base):
+    result = experiments.lr_race(demo_base, (0.01, 1.0), target=0.9)
+    at = ok(page("lr_race").run())
+    frame = at.dataframe[0].value
+    assert list(frame["Learning rate"]) == ["0.01", "1"]
+    assert set(frame["Steps to target"]) <= {"never"} | {str(s) for s in range(10, 31, 10)}
+    assert "lr=0.01" in texts(at) and "lr=1" in texts(at)
+    assert len(at.get("plotly_chart")) >= 2  # accuracy and cross-entropy, one curve per rate
+    assert at.get("download_button"), "the result table downloads as CSV"
+    assert result.experiment_id in widget(at.selectbox, "Results of").options[0]
+
+
+def test_steps_study_reads_one_run(demo_base):
+    experiments.lr_race(demo_base, (0.1,))
+    at = ok(page("steps").run())
+    widget(at.text_input, "Steps").set_value("10, 20, 1000")
+    at = ok(at.run())
+    frame = at.dataframe[0].value
+    assert list(frame["Checkpoint"]) == ["10", "20", "1000"]
+    assert "not reached" in frame["Note"].iloc[-1]
+    assert at.get("plotly_chart")
+
+
+def test_freezing_and_dataset_results_render(demo_base):
+    experiments.freezing_study(demo_base, (0, 1))
+    at = ok(page("freezing").run())
+    frame = at.dataframe[0].value
+    assert list(frame["Unfrozen layers"]) == ["0", "1"]
+    assert int(frame["Trainable params"].iloc[1]) > int(frame["Trainable params"].iloc[0])
+
+    other = sources.make_demo_dataset(num_classes=2, per_class=12, size=48, seed=4)
+    experiments.dataset_comparison(demo_base, [demo_base.source, str(other)])
+    at = ok(page("datasets").run())
+    assert list(at.dataframe[0].value["Classes"]) == ["3", "2"]
+    assert len(at.get("plotly_chart")) >= 4  # curves, per-class bars, two confusion matrices
+
+
+def test_bad_rates_are_refused_with_a_message():
+    at = page("lr_race").run()
+    widget(at.text_input, "Learning rates").set_value("0.1, fast")
+    at = widget(at.button, "Start experiment").click().run()
+    assert not at.exception
+    assert any("Learning rates must be comma-separated numbers" in e.value for e in at.error)
+
+
+@pytest.mark.slow
+def test_start_runs_a_race_as_a_background_job(demo_base):
+    at = page("lr_race").run()
+    widget(at.selectbox, "Dataset").set_value(demo_base.source)
+    widget(at.selectbox, "Backbone").set_value("mobilenet_0.25_128")
+    widget(at.radio, "Weights").set_value("random")
+    widget(at.number_input, "Training steps").set_value(20)
+    widget(at.text_input, "Learning rates").set_value("0.01, 0.5")
+    at = ok(widget(at.button, "Start experiment").click().run())
+    job_id = at.session_state["experiment_job"]
+    job = jobs.get_job(job_id)
+    assert job.kind == "experiment" and job.params["rates"] == [0.01, 0.5]
+    deadline = time.time() + 300
+    while jobs.get_job(job_id).active and time.time() < deadline:
+        time.sleep(0.5)
+    job = jobs.get_job(job_id)
+    assert job.status == "finished", (job.status, job.error, jobs.job_log(job_id)[-2000:])
+    at = ok(at.run())
+    assert list(at.dataframe[0].value["Learning rate"]) == ["0.01", "0.5"]
+    assert job.result["experiment_id"] in widget(at.selectbox, "Results of").options[0]
