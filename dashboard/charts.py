@@ -272,3 +272,49 @@ def _empty(fig: go.Figure, text: str) -> go.Figure:
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return fig
+
+
+# --- experiment figures ---
+def experiment_curves(
+    histories: pd.DataFrame, metric: str = "accuracy", split: str = "validation", target: float | None = None
+) -> go.Figure:
+    """Overlaid curves of an experiment's runs (one per rate), with the target accuracy as a line.
+
+    Args:
+        histories: columns `run` (label), `step`, `<split>_<metric>`.
+    """
+    fig = compare_curves(histories, metric, split, smoothing=0.0)
+    if target is not None and metric == "accuracy" and not histories.empty:
+        fig.add_hline(
+            y=target, line={"dash": "dot", "color": "#64748B"}, annotation_text=f"target {target:.0%}"
+        )
+    return fig
+
+
+def accuracy_at_steps(frame: pd.DataFrame) -> go.Figure:
+    """Accuracy against training steps (log axis); columns `step`, `validation_accuracy`,
+    `test_accuracy` (NaN where there is none)."""
+    fig = _figure(
+        "Accuracy against training steps", "Training steps (log scale)", "Accuracy (fraction correct)"
+    )
+    if frame.empty or frame["validation_accuracy"].isna().all():
+        return _empty(fig, "No evaluations at these steps")
+    for column, name, color in (
+        ("validation_accuracy", "validation", SPLIT_COLORS["validation"]),
+        ("test_accuracy", "test (final weights)", SPLIT_COLORS["test"]),
+    ):
+        rows = frame.dropna(subset=[column])
+        if not rows.empty:
+            fig.add_trace(
+                go.Scatter(
+                    x=rows["step"],
+                    y=rows[column],
+                    mode="lines+markers" if column == "validation_accuracy" else "markers",
+                    name=name,
+                    marker={"size": 10, "color": color},
+                    line={"color": color, "width": 2},
+                )
+            )
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return fig
