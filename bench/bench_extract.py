@@ -53,10 +53,16 @@ def setup(tmp: Path) -> str:
     return "random"
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+_LAST_CPU_MS = [0.0]  # CPU milliseconds per image of the last `rate` call (all threads of this process)
+
+
+def rate(images: int, fn) -> float:
+    """Images per second of `fn()`, which processes `images` images; records its CPU cost too."""
+    cpu, wall = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    _LAST_CPU_MS[0] = cpu / images * 1000
+    return images / wall
 
 
 def make_measures(weights: str, batch_size: int, tmp: Path, sweep: bool = False):
@@ -75,32 +81,33 @@ def make_measures(weights: str, batch_size: int, tmp: Path, sweep: bool = False)
 
     def decode():
         ds = features.decode_dataset(paths, flags, size, batch_size)
-        return len(paths) / timed(lambda: [None for _ in ds])
+        return rate(len(paths), lambda: [None for _ in ds])
 
     def forward():
-        return len(paths) / timed(lambda: [extractor.forward(b).numpy() for b in decoded])
+        return rate(len(paths), lambda: [extractor.forward(b).numpy() for b in decoded])
 
     def engine(settings=None, batch=batch_size):
         cache = features.FeatureCache(tmp / f"cache{next(caches)}")  # empty every time
         default, features.SETTINGS = features.SETTINGS, settings or features.SETTINGS
         try:
-            rate = len(paths) / timed(
-                lambda: features.extract_features(records, BACKBONE, weights, batch_size=batch, cache=cache)
+            speed = rate(
+                len(paths),
+                lambda: features.extract_features(records, BACKBONE, weights, batch_size=batch, cache=cache),
             )
         finally:
             features.SETTINGS = default
         assert cache.count() == len(paths)
-        return rate
+        return speed
 
     def decode_one(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return features._resize(image, size)[None]  # the same decode + resize, one image at a time
 
     def per_image_compiled():  # retrain.py's sess.run per image: a compiled call per image
-        return len(few) / timed(lambda: [extractor.forward(decode_one(p)).numpy() for p in few])
+        return rate(len(few), lambda: [extractor.forward(decode_one(p)).numpy() for p in few])
 
     def per_image_call():  # Keras 3's direct way: model(batch of one) per image
-        return len(few) / timed(lambda: [extractor.model(decode_one(p)).numpy() for p in few])
+        return rate(len(few), lambda: [extractor.model(decode_one(p)).numpy() for p in few])
 
     if sweep:
         return {"decode": decode, "forward": forward, **sweep_measures(engine)}
@@ -165,16 +172,21 @@ def set_threads(intra: int, inter: int) -> None:
 def run_rounds(measures: dict, rounds: int) -> list[dict]:
     rows = []
     for r in range(rounds):
-        row = {name: fn() for name, fn in measures.items()}  # images per second
+        row, cpu = {}, {}
+        for name, fn in measures.items():
+            row[name] = fn()  # images per second
+            cpu[name] = _LAST_CPU_MS[0]
         row["limit"] = 1 / (1 / row["decode"] + 1 / row["forward"])
+        row["cpu_ms_per_image"] = cpu
         rows.append(row)
         print(
             f"round {r + 1}: decode {row['decode']:5.0f}  forward {row['forward']:5.0f}  "
             f"limit {row['limit']:5.0f}  "
-            + "  ".join(f"{k} {v:.0f}" for k, v in row.items() if k not in ("decode", "forward", "limit"))
+            + "  ".join(f"{k} {row[k]:.0f}" for k in measures if k not in ("decode", "forward"))
             + " img/s",
             flush=True,
         )
+        print("         CPU ms/img: " + "  ".join(f"{k} {v:.2f}" for k, v in cpu.items()), flush=True)
     return rows
 
 
@@ -187,6 +199,14 @@ def report_targets(rows: list[dict]) -> tuple[bool, dict]:
     print("per round engine/per-image model(): " + ", ".join(f"{r['vs_call']:.1f}" for r in rows))
     print("per round engine/per-image compiled: " + ", ".join(f"{r['vs_compiled']:.1f}" for r in rows))
     summary = {key: summarize(rows, key) for key in ("engine", "limit", "vs_limit", "vs_call", "vs_compiled")}
+    cpu = {k: statistics.median(r["cpu_ms_per_image"][k] for r in rows) for k in rows[0]["cpu_ms_per_image"]}
+    summary["cpu_ms_per_image"] = cpu
+    print(
+        f"median CPU ms/img: decode {cpu['decode']:.2f} + forward {cpu['forward']:.2f} = "
+        f"{cpu['decode'] + cpu['forward']:.2f}; engine {cpu['engine']:.2f} "
+        f"(engine / sum {cpu['engine'] / (cpu['decode'] + cpu['forward']):.2f}x; "
+        "CPU time is less noisy than wall time)"
+    )
     ok = verdict("engine / limit", summary["vs_limit"], LIMIT_TARGET)
     ok &= verdict("engine / per-image model() calls", summary["vs_call"], PER_IMAGE_TARGET)
     verdict("engine / per-image compiled calls (informative)", summary["vs_compiled"], PER_IMAGE_TARGET)
@@ -194,7 +214,7 @@ def report_targets(rows: list[dict]) -> tuple[bool, dict]:
 
 
 def report_sweep(rows: list[dict]) -> dict:
-    names = [k for k in rows[0] if k not in ("decode", "forward", "limit")]
+    names = [k for k in rows[0] if k not in ("decode", "forward", "limit", "cpu_ms_per_image")]
     summary = {}
     print("variant: median img/s, median / limit (min..max over rounds)")
     for name in names:

@@ -303,6 +303,22 @@ def _resize(image, size: int):
     return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
 
 
+def _decode_jpeg_scaled(data, size: int):
+    """Decode a JPEG at 1/2, 1/4 or 1/8 scale when it is that much larger than `size`.
+
+    The same choice Pillow's `draft` makes in images.load_image: a 12-megapixel photo decodes
+    ~8x faster, and the pixels stay close to what classification sees.
+    """
+    import tensorflow as tf
+
+    shape = tf.io.extract_jpeg_shape(data)
+    fits = tf.minimum(shape[0], shape[1]) // size  # how many times `size` fits the short side
+    branch = tf.reduce_sum(tf.cast(fits >= tf.constant([2, 4, 8], fits.dtype), tf.int32))
+    return tf.switch_case(
+        branch, [functools.partial(tf.io.decode_jpeg, data, channels=3, ratio=r) for r in (1, 2, 4, 8)]
+    )
+
+
 def decode_dataset(
     paths: Sequence[str],
     needs_pil: Sequence[bool],
@@ -324,7 +340,12 @@ def decode_dataset(
     prefetch = tf.data.AUTOTUNE if settings.prefetch < 0 else settings.prefetch
 
     def tf_decode(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        data = tf.io.read_file(path)
+        image = tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: _decode_jpeg_scaled(data, size),
+            lambda: tf.io.decode_png(data, channels=3),
+        )
         image.set_shape([None, None, 3])
         return _resize(image, size)
 

@@ -117,9 +117,13 @@ def test_features_match_a_direct_model_call(tmp_path):
 def test_tensorflow_decode_matches_pillow_resize(tmp_path):
     # the classifier sees images.load_image pixels at inference: training features must see alike
     paths = write_plain(tmp_path / "imgs", 6)
+    for side in (300, 700, 1400):  # JPEGs TensorFlow decodes at 1/2, 1/4, 1/8 scale, like Pillow's draft
+        big = tmp_path / f"big{side}.jpg"
+        picture(side, (side * 4 // 3, side)).resize((side * 4 // 3, side)).save(big, quality=90)
+        paths.append(big)
     pixels = pipeline_pixels(paths)
     for row, path in zip(pixels, paths, strict=True):
-        assert np.abs(row - load_image(path, SIZE).astype(np.float32)).mean() < 2.0
+        assert np.abs(row - load_image(path, SIZE).astype(np.float32)).mean() < 2.0, path.name
 
 
 def test_second_run_is_all_hits_and_never_builds_the_model(tmp_path, monkeypatch):
