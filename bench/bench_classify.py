@@ -41,9 +41,7 @@ def make_run() -> tuple[str, Path, str]:
         models = Path(os.environ["KERAS_HOME"]) / "models"
         models.mkdir(parents=True, exist_ok=True)
         shutil.copy(weights, models / weights.name)
-        config = RunConfig(
-            source=str(flowers), architecture="mobilenet_0.25_224", train=TrainConfig(steps=1000)
-        )
+        config = RunConfig(source=str(flowers), architecture="mobilenet_0.25_224", train=TrainConfig())
         photo = ASSETS / "sample_images" / "classic-daisy.jpg"
         what = "flowers, ImageNet weights"
     else:

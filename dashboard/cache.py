@@ -149,3 +149,12 @@ def forget_run(run_id: str) -> None:
 def model_file(run_id: str) -> Path:
     """The run's portable classifier file (`model.keras` in its run folder)."""
     return store().run_dir(run_id) / "model.keras"
+
+
+# --- conversion & timing ---
+@st.cache_data(show_spinner=False, ttl=300)
+def tensorrt_status() -> dict[str, Any]:
+    """Whether ONNX Runtime's TensorRT provider can run here, and what is missing (no TensorFlow import)."""
+    from engine import runtimes
+
+    return runtimes.tensorrt_status()

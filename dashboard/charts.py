@@ -318,3 +318,90 @@ def accuracy_at_steps(frame: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(type="log")
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return fig
+
+
+# --- conversion & timing figures ---
+def format_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str, fmt: str = ".2f") -> go.Figure:
+    """One bar per exported format (`format` column) of a numeric `column` of the comparison matrix."""
+    fig = _figure(title, "Format", axis_title, height=340)
+    rows = frame.dropna(subset=[column]) if column in frame else frame.iloc[0:0]
+    if rows.empty:
+        return _empty(fig, "Nothing measured yet")
+    fig.add_trace(
+        go.Bar(
+            x=rows["format"],
+            y=rows[column],
+            marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(rows))],
+            text=[format(v, fmt) for v in rows[column]],
+            textposition="outside",
+            showlegend=False,
+        )
+    )
+    return fig
+
+
+def format_latency(frame: pd.DataFrame) -> go.Figure:
+    """Warm single-image latency per format (ms); columns format, latency_p50_ms, latency_p95_ms."""
+    fig = _figure("Single-image latency (warm, model only)", "Format", "Latency (ms)", height=340)
+    if frame.empty or "latency_p50_ms" not in frame:
+        return _empty(fig, "Nothing measured yet")
+    for i, (column, name) in enumerate((("latency_p50_ms", "median (p50)"), ("latency_p95_ms", "p95"))):
+        fig.add_trace(go.Bar(x=frame["format"], y=frame[column], name=name, marker_color=PALETTE[i]))
+    fig.update_layout(barmode="group")
+    return fig
+
+
+def format_fidelity(frame: pd.DataFrame) -> go.Figure:
+    """Test accuracy and top-1 agreement with Keras per format; columns format, accuracy, agreement."""
+    fig = _figure("Accuracy and agreement with the Keras model", "Format", "Fraction of test images", 340)
+    if frame.empty or "accuracy" not in frame:
+        return _empty(fig, "Nothing measured yet")
+    for i, (column, name) in enumerate((("accuracy", "test accuracy"), ("agreement", "same top-1 as Keras"))):
+        fig.add_trace(go.Bar(x=frame["format"], y=frame[column], name=name, marker_color=PALETTE[i + 2]))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
+    return fig
+
+
+def phase_times(frame: pd.DataFrame, backbone: str) -> go.Figure:
+    """Per-item time of each phase for one backbone, one bar group per `setup` (machine · device).
+
+    Columns: phase (label), setup, per_item_ms.
+    """
+    fig = _figure(f"{backbone}: time per item", "Phase", "Milliseconds per item (log scale)", height=380)
+    if frame.empty:
+        return _empty(fig, "No timings for this backbone")
+    for i, (setup, rows) in enumerate(frame.groupby("setup", sort=False)):
+        fig.add_trace(
+            go.Bar(
+                x=rows["phase"],
+                y=rows["per_item_ms"],
+                name=str(setup),
+                marker_color=PALETTE[i % len(PALETTE)],
+            )
+        )
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def phase_speedups(frame: pd.DataFrame) -> go.Figure:
+    """GPU speed-up over the CPU per phase and backbone; columns phase (label), backbone, speedup."""
+    fig = _figure("GPU speed-up over the CPU", "Phase", "Speed-up (CPU time ÷ GPU time, ×)", height=380)
+    rows = frame.dropna(subset=["speedup"]) if "speedup" in frame else frame.iloc[0:0]
+    if rows.empty:
+        return _empty(fig, "No GPU timings: import a classmate's to compare")
+    for i, (backbone, group) in enumerate(rows.groupby("backbone", sort=False)):
+        fig.add_trace(
+            go.Bar(
+                x=group["phase"],
+                y=group["speedup"],
+                name=str(backbone),
+                marker_color=PALETTE[i % len(PALETTE)],
+                text=[f"{v:.1f}×" for v in group["speedup"]],
+                textposition="outside",
+            )
+        )
+    fig.add_hline(y=1, line_dash="dash", line_color="#64748B", annotation_text="no gain")
+    fig.update_layout(barmode="group")
+    return fig

@@ -1,0 +1,188 @@
+"""Convert & compare: export a run to TFLite/ONNX/SavedModel/TensorRT, download, and measure every format."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import cache, charts
+from dashboard.components import STATUS_ICONS, guard, job_progress, plot
+from engine import compare, convert, jobs
+from engine.runtimes import FORMATS, TENSORRT_FORMATS
+
+POLL_SECONDS = 1.0
+FORMAT_HELP = {
+    "keras": "the run's own model.keras",
+    "savedmodel": "TensorFlow SavedModel (TF Serving, TF.js converter)",
+    "tflite-fp32": "TFLite, float32: same numbers as Keras",
+    "tflite-fp16": "TFLite, float16 weights: half the size",
+    "tflite-dynamic": "TFLite, int8 weights, float activations",
+    "tflite-int8": "TFLite, full integer (calibrated on the run's training images): Coral / MCUs",
+    "onnx": "ONNX (tf2onnx), runs in ONNX Runtime",
+    "tensorrt-fp32": "TensorRT through ONNX Runtime, FP32 (NVIDIA GPU)",
+    "tensorrt-fp16": "TensorRT through ONNX Runtime, FP16 (NVIDIA GPU)",
+}
+COLUMNS = {
+    "format": "Format",
+    "size_mb": "Size (MB)",
+    "load_seconds": "Load (s)",
+    "latency_p50_ms": "p50 (ms)",
+    "latency_p95_ms": "p95 (ms)",
+    "throughput_ips": "Batch (img/s)",
+    "accuracy": "Test accuracy",
+    "agreement": "Agrees with Keras",
+    "max_prob_diff": "Max |Δp|",
+    "backend": "Runtime",
+}
+
+
+def trt_panel() -> None:
+    status = cache.tensorrt_status()
+    if status["available"]:
+        st.success(
+            "TensorRT can run here (ONNX Runtime's TensorRT provider).", icon=":material/check_circle:"
+        )
+        return
+    st.warning("**TensorRT is not available here.** Missing:", icon=":material/memory:")
+    st.markdown("\n".join(f"- {why}" for why in status["missing"]))
+    st.caption(f"Route: {status['route']}. TensorRT formats are skipped, with this reason, when converting.")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def monitor(job_id: str) -> None:
+    job = jobs.get_job(job_id, store=cache.store())
+    head, button = st.columns([5, 1], vertical_alignment="center")
+    formats = ", ".join(job.params.get("formats") or [])
+    head.markdown(
+        f"{STATUS_ICONS.get(job.status, '')} Converting **{job.params.get('run_id')}** to {formats}"
+    )
+    if job.active and button.button("Cancel", icon=":material/stop_circle:", key="convert_cancel"):
+        with guard("Cancelling"):
+            jobs.cancel_job(job.id, store=cache.store())
+    job_progress(job)
+    if not job.active:
+        st.rerun()
+
+
+def exports_panel(run_id: str) -> None:
+    with guard("Reading the exports"):
+        manifests = convert.list_exports(run_id, store=cache.store())
+        st.markdown("**Exports of this run**")
+        for m in manifests:
+            cols = st.columns([2, 1, 1, 2], vertical_alignment="center")
+            cols[0].markdown(f"`{m['format']}` · {FORMAT_HELP.get(m['format'], '')}")
+            cols[1].markdown(f"{m['size_bytes'] / 1e6:.2f} MB")
+            cols[2].markdown(f"{m.get('seconds', 0):.1f} s")
+            if m["format"] in TENSORRT_FORMATS:
+                continue  # engines are built for one GPU: download the ONNX file instead
+            path = convert.download_file(run_id, m["format"], store=cache.store())
+            cols[3].download_button(
+                f"Download {path.name}",
+                data=path.read_bytes(),
+                file_name=f"{run_id}-{path.name}",
+                key=f"dl_{m['format']}",
+                icon=":material/download:",
+            )
+
+
+def comparison_panel(run_id: str) -> None:
+    report = compare.load_comparison(run_id, store=cache.store())
+    if report is None:
+        st.info(
+            "No comparison yet: start a conversion with “Measure on the test split”.", icon=":material/info:"
+        )
+        return
+    rows = pd.DataFrame([r for r in report["rows"] if r["status"] == "ok"])
+    missing = [r for r in report["rows"] if r["status"] != "ok"]
+    st.markdown(f"**Comparison on the run's {report['test_count']} test images**")
+    st.caption(
+        f"Measured on {report['machine'].get('cpu_model')} ({report['machine'].get('usable_cores')} cores). "
+        "Latency is the model alone on decoded pixels; agreement is top-1 against the Keras model."
+    )
+    if not rows.empty:
+        rows["size_mb"] = rows["size_bytes"] / 1e6
+        table = rows[[c for c in COLUMNS if c in rows]].rename(columns=COLUMNS)
+        st.dataframe(
+            table,
+            hide_index=True,
+            use_container_width=True,
+            column_config={
+                "Test accuracy": st.column_config.NumberColumn(format="percent"),
+                "Agrees with Keras": st.column_config.NumberColumn(format="percent"),
+                "Max |Δp|": st.column_config.NumberColumn(format="%.2g"),
+            },
+        )
+        left, right = st.columns(2)
+        with left:
+            plot(charts.format_bars(rows, "size_mb", "File size", "Size (MB)"), key="cmp_size")
+            plot(charts.format_fidelity(rows), key="cmp_fidelity")
+        with right:
+            plot(charts.format_latency(rows), key="cmp_latency")
+            plot(
+                charts.format_bars(rows, "throughput_ips", "Batch throughput", "Images per second", ".0f"),
+                key="cmp_throughput",
+            )
+    for r in missing:
+        st.warning(f"`{r['format']}` not measured: {r['reason']}", icon=":material/block:")
+    flips_gallery(report["flips"])
+
+
+def flips_gallery(flips: list[dict]) -> None:
+    st.markdown(f"**Prediction flips** ({len(flips)}): test images whose top-1 label changes between formats")
+    if not flips:
+        st.caption("Every format gives every test image the same label.")
+        return
+    cols = st.columns(4)
+    for i, flip in enumerate(flips[:24]):
+        with cols[i % 4], guard("Showing a flip"):
+            st.image(cache.thumbnail(flip["path"], 160), caption=f"true: {flip['true']}")
+            st.caption("  \n".join(f"`{fmt}` → {label}" for fmt, label in flip["predicted"].items()))
+
+
+st.title(":material/swap_horiz: Convert & compare")
+st.caption(
+    "Export a trained run for phones, microcontrollers, servers and GPUs, then measure every format on the "
+    "run's own test split: size, speed, and whether it still gives the same answers as the Keras model."
+)
+
+with guard("Reading runs"):
+    runs = [r for r in cache.store().list_runs() if r.status == "finished"]
+if not runs:
+    st.info("No finished run yet: train one on the Train page first.", icon=":material/info:")
+    st.stop()
+
+form, view = st.columns([1, 2], gap="large")
+with form, st.container(border=True):
+    labels = {r.id: f"{r.name} · {r.id}" for r in runs}
+    run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="convert_run")
+    formats = st.multiselect(
+        "Formats",
+        [f for f in FORMATS if f != "keras"],
+        default=list(convert.DEFAULT_FORMATS),
+        format_func=lambda f: f,
+        help="\n".join(f"- `{f}`: {h}" for f, h in FORMAT_HELP.items()),
+        key="convert_formats",
+    )
+    measure = st.toggle("Measure on the test split", value=True, key="convert_measure")
+    force = st.toggle("Convert again even if exported", value=False, key="convert_force")
+    if st.button("Convert", type="primary", icon=":material/play_arrow:", disabled=not formats):
+        with guard("Starting the conversion"):
+            params = {"run_id": run_id, "formats": formats, "compare": measure, "force": force}
+            st.session_state["convert_job"] = jobs.start_job("convert", params, store=cache.store())
+    with st.expander("TensorRT on this machine", icon=":material/memory:"):
+        trt_panel()
+
+with view:
+    job_id = st.session_state.get("convert_job")
+    if job_id is None:
+        active = [j for j in jobs.list_jobs(active_only=True, store=cache.store()) if j.kind == "convert"]
+        job_id = active[0].id if active else None
+    if job_id:
+        with guard("Following the job"):
+            job = jobs.get_job(job_id, store=cache.store())
+            if job.active:
+                monitor(job_id)
+            elif job.status != "finished":
+                st.error(job.error or f"The conversion {job.status}.", icon=":material/error:")
+    exports_panel(run_id)
+    st.divider()
+    with guard("Reading the comparison"):
+        comparison_panel(run_id)

@@ -1,0 +1,157 @@
+"""CPU vs GPU: the timing lab, phase by phase, with this machine's timings beside imported ones."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import cache, charts
+from dashboard.components import STATUS_ICONS, guard, job_progress, plot
+from engine import backbones, bench, jobs, uploads
+
+POLL_SECONDS = 1.0
+
+
+def setup_label(report: dict, device: str) -> str:
+    where = report["label"] + (" (imported)" if report.get("origin") == "imported" else "")
+    return f"{where} · {device.upper()}"
+
+
+def timings_frame(reports: list[dict]) -> pd.DataFrame:
+    rows = [
+        {
+            "backbone": r["backbone"],
+            "phase": bench.PHASE_LABELS.get(r["phase"], r["phase"]),
+            "setup": setup_label(report, r["device"]),
+            "per_item_ms": r["per_item_ms"],
+        }
+        for report in reports
+        for r in report["timings"]
+    ]
+    return pd.DataFrame(rows)
+
+
+def speedup_frame(reports: list[dict]) -> pd.DataFrame:
+    rows = []
+    for report in reports:
+        for r in bench.speedups(report):
+            label = r["backbone"] if len(reports) == 1 else f"{report['label']} · {r['backbone']}"
+            rows.append({**r, "phase": bench.PHASE_LABELS[r["phase"]], "backbone": label})
+    return pd.DataFrame(rows)
+
+
+def machine_table(reports: list[dict]) -> None:
+    rows = [
+        {
+            "label": r["label"],
+            "origin": r.get("origin", "measured"),
+            "CPU": r["machine"].get("cpu_model"),
+            "cores": r["machine"].get("cpu_cores"),
+            "GPUs": ", ".join(r["machine"].get("gpus") or []) or "none",
+            "TensorFlow": r["machine"].get("tensorflow_version"),
+            "CUDA": r["machine"].get("cuda_version") or "—",
+        }
+        for r in reports
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def monitor(job_id: str) -> None:
+    job = jobs.get_job(job_id, store=cache.store())
+    head, button = st.columns([5, 1], vertical_alignment="center")
+    head.markdown(f"{STATUS_ICONS.get(job.status, '')} Timing lab · job `{job.id}` · {job.status}")
+    if job.active and button.button("Cancel", icon=":material/stop_circle:", key="timing_cancel"):
+        with guard("Cancelling"):
+            jobs.cancel_job(job.id, store=cache.store())
+    job_progress(job)
+    if not job.active:
+        st.rerun()
+
+
+st.title(":material/speed: CPU vs GPU")
+st.caption(
+    "Time the same work on the CPU and, when TensorFlow sees one, the GPU: decoding, bottleneck extraction, "
+    "head training, single-image and batch inference. Every timing records the machine it ran on."
+)
+facts = cache.basic_facts()
+if not facts.get("nvidia_smi"):
+    st.info(
+        "No NVIDIA GPU on this machine: the lab measures the CPU only. Ask a classmate with a GPU to run it "
+        "and export their timings, then import them below to compare side by side.",
+        icon=":material/memory:",
+    )
+
+form, view = st.columns([1, 2], gap="large")
+with form, st.container(border=True):
+    st.markdown("**Run the timing lab**")
+    names = backbones.list_backbones()
+    chosen = st.multiselect("Backbones", names, default=list(bench.DEFAULT_BACKBONES), key="timing_backbones")
+    sources = {"demo": "Demo set (generated)"} | {str(p): k for k, p in uploads.stored_datasets().items()}
+    source = st.selectbox("Images to decode", list(sources), format_func=sources.get, key="timing_source")
+    images = st.slider("Images", 8, 128, 32, step=8, key="timing_images")
+    batch = st.select_slider("Batch size", [1, 4, 8, 16, 32, 64], value=32, key="timing_batch")
+    steps = st.select_slider("Head training steps", [50, 100, 200, 500, 1000], value=200, key="timing_steps")
+    label = st.text_input("Name this machine", value="this machine", key="timing_label")
+    if st.button("Start timing", type="primary", icon=":material/timer:", disabled=not chosen):
+        params = {
+            "backbone_names": chosen,
+            "source": source,
+            "images": images,
+            "batch_size": batch,
+            "train_steps": steps,
+            "label": label or "this machine",
+        }
+        with guard("Starting the timing lab"):
+            st.session_state["timing_job"] = jobs.start_job("timing", params, store=cache.store())
+    st.caption(
+        "Backbones use random weights: timing does not depend on weight values, and nothing downloads."
+    )
+
+with st.sidebar, st.expander("Import a classmate's timings", icon=":material/upload_file:"):
+    upload = st.file_uploader("Timings JSON", type=["json"], key="timing_upload")
+    their = st.text_input("Label", value="", placeholder="e.g. Sam's RTX 3060", key="timing_import_label")
+    if upload is not None and st.button("Import", key="timing_import"):
+        with guard("Importing timings"):
+            report = bench.import_timings(upload.getvalue(), label=their or None)
+            st.success(f"Imported “{report['label']}” ({len(report['timings'])} timings)")
+
+with view:
+    job_id = st.session_state.get("timing_job")
+    if job_id is None:
+        active = [j for j in jobs.list_jobs(active_only=True, store=cache.store()) if j.kind == "timing"]
+        job_id = active[0].id if active else None
+    if job_id:
+        with guard("Following the job"):
+            job = jobs.get_job(job_id, store=cache.store())
+            if job.active:
+                monitor(job_id)
+            elif job.status != "finished":
+                st.error(job.error or f"The timing lab {job.status}.", icon=":material/error:")
+    reports = bench.list_timings()
+    if not reports:
+        st.info("No timings yet: start the lab, or import a classmate's file.", icon=":material/info:")
+        st.stop()
+    titles = {r["id"]: f"{r['label']} · {r['id']}" for r in reports}
+    default = [reports[0]["id"]] + [r["id"] for r in reports[1:] if r.get("origin") == "imported"][:2]
+    picked = st.multiselect("Timings to show", list(titles), default=default, format_func=titles.get)
+    shown = [r for r in reports if r["id"] in picked]
+    if not shown:
+        st.stop()
+    machine_table(shown)
+    speed = speedup_frame(shown)
+    plot(charts.phase_speedups(speed), key="timing_speedups")
+    frame = timings_frame(shown)
+    for name in dict.fromkeys(frame["backbone"]):
+        plot(charts.phase_times(frame[frame["backbone"] == name], name), key=f"timing_{name}")
+    st.markdown("**Why the GPU helps, or does not**")
+    for report in shown:
+        st.markdown(f"*{report['label']}*")
+        st.markdown("\n".join(f"- {note}" for note in bench.explain(report)))
+    st.download_button(
+        "Export the first shown timings (for a classmate)",
+        data=json.dumps(shown[0], indent=2),
+        file_name=f"timings-{shown[0]['id']}.json",
+        mime="application/json",
+        icon=":material/download:",
+    )
