@@ -32,14 +32,21 @@ FLAG_ICONS = {
     "oscillating": ":material/ssid_chart:",
     "overconfident": ":material/warning:",
 }
-PERCENT_COLUMNS = ("final_validation_accuracy", "test_accuracy", "validation_accuracy", "train_accuracy")
+PERCENT_COLUMNS = (
+    "final_validation_accuracy",
+    "test_accuracy",
+    "head_test_accuracy",
+    "validation_accuracy",
+    "train_accuracy",
+)
 HEADERS = {
     "name": "Run", "learning_rate": "Learning rate", "schedule": "Schedule", "status": "Status",
     "final_validation_accuracy": "Validation acc.", "test_accuracy": "Test acc.",
     "steps_to_target": "Steps to target", "seconds_to_target": "Seconds to target",
     "final_cross_entropy": "Final cross-entropy", "steps": "Steps", "train_seconds": "Train s",
     "flag": "Flag", "explanation": "What happened", "fine_tune_layers": "Unfrozen layers",
-    "trainable_parameters": "Trainable params", "seconds_per_step": "s / step", "total_seconds": "Total s",
+    "head_test_accuracy": "Head-only test acc.", "trainable_parameters": "Trainable params",
+    "seconds_per_step": "s / step", "total_seconds": "Total s",
     "source": "Source", "classes": "Classes", "images": "Images", "per_class_accuracy": "Per-class acc.",
     "checkpoint": "Checkpoint", "step": "Step", "validation_accuracy": "Validation acc.",
     "train_accuracy": "Train acc.", "note": "Note",

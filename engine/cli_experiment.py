@@ -149,6 +149,7 @@ _TABLES = {
                 ("seconds_to_target", "s to target", False), ("final_cross_entropy", "cross-entropy", False),
                 ("flag", "flag", False)],
     "freezing": [("name", "run", False), ("test_accuracy", "test acc", True),
+                 ("head_test_accuracy", "head only", True),
                  ("trainable_parameters", "trainable params", False), ("seconds_per_step", "s/step", False),
                  ("total_seconds", "total s", False)],
     "datasets": [("name", "dataset", False), ("classes", "classes", False), ("images", "images", False),

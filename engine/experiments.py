@@ -39,7 +39,7 @@ RACE_COLUMNS = (
     "explanation", "run_id",
 )  # fmt: skip
 FREEZING_COLUMNS = (
-    "name", "fine_tune_layers", "status", "test_accuracy", "final_validation_accuracy",
+    "name", "fine_tune_layers", "status", "test_accuracy", "head_test_accuracy", "final_validation_accuracy",
     "trainable_parameters", "seconds_per_step", "train_seconds", "total_seconds", "run_id",
 )  # fmt: skip
 DATASET_COLUMNS = (
@@ -104,8 +104,10 @@ class _Tagged:
     def __call__(self, event: dict[str, Any]) -> None:
         self.run_id = event.get("run_id", self.run_id)
         if self.progress is not None:
-            message = f"{self.label}: {event.get('message', '')}"
-            self.progress({**event, **self.tags, "run_id": self.run_id, "message": message})
+            tagged = {**event, **self.tags, "message": f"{self.label}: {event.get('message', '')}"}
+            if self.run_id is not None:  # none yet while the dataset is scanned and extracted
+                tagged["run_id"] = self.run_id
+            self.progress(tagged)
 
 
 def _begin(store, kind: str, name: str | None, settings: dict[str, Any], progress) -> str:
@@ -304,7 +306,10 @@ def _freezing_facts(run, train: dict[str, Any]) -> dict[str, Any]:
     shared = sum((results.get("shared_phases") or {}).values())
     return {
         "fine_tune_layers": k,
-        "test_accuracy": fine.get("test_accuracy", results.get("test_accuracy")),
+        "test_accuracy": results.get("test_accuracy"),
+        # the head alone before fine-tuning, so the table shows what unfreezing added
+        "head_test_accuracy": fine.get("head_test_accuracy", results.get("test_accuracy")),
+        "final_validation_accuracy": (results.get("final") or {}).get("validation_accuracy"),
         "trainable_parameters": fine.get("trainable_parameters", head_params),
         "seconds_per_step": seconds / steps if seconds and steps else None,
         "total_seconds": sum(run.phases.values()) + shared,
