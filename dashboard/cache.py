@@ -151,6 +151,27 @@ def model_file(run_id: str) -> Path:
     return store().run_dir(run_id) / "model.keras"
 
 
+# --- architecture explorer ----------------------------------------------------------------------
+@st.cache_resource(show_spinner="Counting layers: building the Keras model once (cached afterwards)…")
+def architecture(name: str):
+    """`engine.architecture.analyze(name)`: frozen, shared by all sessions (JSON-cached on disk)."""
+    from engine.architecture import analyze
+
+    return analyze(name)
+
+
+@st.cache_data(show_spinner="Reading cached bottleneck features…", ttl=30, max_entries=16)
+def _feature_projection(home: str, folder: str, name: str, weights: str):
+    from engine.arch_explain import cached_projection
+
+    return cached_projection(folder, name, weights)
+
+
+def feature_projection(folder: str, name: str, weights: str = "imagenet"):
+    """2-D PCA of a dataset's cached bottleneck features, or None (refreshed every 30 s)."""
+    return _feature_projection(_home(), str(folder), name, weights)
+
+
 # --- conversion & timing ---
 @st.cache_data(show_spinner=False, ttl=300)
 def tensorrt_status() -> dict[str, Any]:

@@ -274,6 +274,316 @@ def _empty(fig: go.Figure, text: str) -> go.Figure:
     return fig
 
 
+# --- architecture figures ----------------------------------------------------------------------
+# (Architectures page; data from engine.architecture / arch_blocks / arch_explain as plain values)
+KIND_COLORS = {
+    "conv": "#DC2626",
+    "depthwise": "#16A34A",
+    "pointwise": "#2563EB",
+    "dense": "#9333EA",
+    "other": "#94A3B8",
+}
+_BOX_W, _BOX_H = 2.6, 0.62
+
+
+def arch_blocks_stacked(frame: pd.DataFrame, title: str, y_title: str) -> go.Figure:
+    """Stacked bars per block by layer kind; columns `block`, `kind`, `value` (block order kept)."""
+    fig = _figure(title, "Block", y_title, height=360)
+    if frame.empty:
+        return _empty(fig, "Nothing to show")
+    order = list(dict.fromkeys(frame["block"]))
+    for kind, color in KIND_COLORS.items():
+        rows = frame[frame["kind"] == kind]
+        if rows.empty or not rows["value"].any():
+            continue
+        fig.add_trace(go.Bar(x=rows["block"], y=rows["value"], name=kind, marker_color=color))
+    fig.update_layout(
+        barmode="stack",
+        legend={"orientation": "v", "x": 1.01, "y": 1, "xanchor": "left", "yanchor": "top"},
+        margin={"l": 60, "r": 110, "t": 50, "b": 50},
+    )
+    fig.update_xaxes(categoryorder="array", categoryarray=order, tickangle=-45)
+    return fig
+
+
+def arch_cost_scatter(frame: pd.DataFrame) -> go.Figure:
+    """Backbones by cost and size; columns `backbone`, `macs_m`, `params_m` (log axes)."""
+    fig = _figure(
+        "Cost against size", "Multiply-accumulates per image (millions, log)", "Parameters (millions, log)"
+    )
+    if frame.empty:
+        return _empty(fig, "Pick a backbone")
+    for i, row in enumerate(frame.itertuples()):
+        fig.add_trace(
+            go.Scatter(
+                x=[row.macs_m],
+                y=[row.params_m],
+                mode="markers+text",
+                text=[row.backbone],
+                textposition="top center",
+                marker={"size": 14, "color": PALETTE[i % len(PALETTE)]},
+                name=row.backbone,
+                hovertemplate="%{text}<br>%{x:,.1f} M MACs<br>%{y:,.2f} M params<extra></extra>",
+            )
+        )
+    for axis, column in ((fig.update_xaxes, "macs_m"), (fig.update_yaxes, "params_m")):
+        low, high = float(frame[column].min()) / 1.8, float(frame[column].max()) * 1.8
+        ticks = [v * 10**e for e in range(-2, 6) for v in (1, 2, 5) if low <= v * 10**e <= high]
+        axis(
+            type="log",
+            range=[np.log10(low), np.log10(high)],
+            tickvals=ticks,
+            ticktext=[f"{t:g}" for t in ticks],
+        )
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def cost_comparison(frame: pd.DataFrame, title: str) -> go.Figure:
+    """Horizontal bars of MACs; columns `what`, `macs` (first row on top)."""
+    fig = _figure(title, "MACs (millions)", "", height=110 + 44 * max(len(frame), 1))
+    if frame.empty:
+        return _empty(fig, "Nothing to compare")
+    colors = [PALETTE[3] if "standard" in str(w) else PALETTE[0] for w in frame["what"]]  # red = hypothetical
+    fig.add_trace(
+        go.Bar(
+            x=frame["macs"] / 1e6,
+            y=frame["what"],
+            orientation="h",
+            marker_color=colors,
+            text=[f"{v / 1e6:,.2f} M" for v in frame["macs"]],
+            textposition="auto",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(margin={"l": 20, "r": 20, "t": 50, "b": 50}, showlegend=False)
+    return fig
+
+
+def _shape_text(shape) -> str:
+    return "×".join(str(int(v)) for v in shape)
+
+
+def _box(fig: go.Figure, x: float, y: float, text: str, color: str, width: float = _BOX_W) -> None:
+    fig.add_shape(
+        type="rect",
+        x0=x - width / 2,
+        x1=x + width / 2,
+        y0=y - _BOX_H / 2,
+        y1=y + _BOX_H / 2,
+        line={"color": color, "width": 2},
+        fillcolor=color,
+        opacity=0.16,
+        layer="below",
+    )
+    fig.add_annotation(x=x, y=y, text=text, showarrow=False, font={"size": 11, "color": "#0F172A"})
+
+
+def _arrow(fig: go.Figure, x0: float, y0: float, x1: float, y1: float) -> None:
+    fig.add_annotation(
+        x=x1,
+        y=y1 + _BOX_H / 2,
+        ax=x0,
+        ay=y0 - _BOX_H / 2,
+        xref="x",
+        yref="y",
+        axref="x",
+        ayref="y",
+        showarrow=True,
+        arrowhead=2,
+        arrowwidth=1.4,
+        arrowcolor="#475569",
+        text="",
+    )
+
+
+def _diagram(title: str, height: int) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(template=TEMPLATE, title=title, height=height, showlegend=False)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def _step_text(step: dict) -> str:
+    macs = f" · {step['macs'] / 1e6:,.2f} M MACs" if step["macs"] else ""
+    return f"<b>{step['label']}</b>  {step['name']}<br>{_shape_text(step['output_shape'])}{macs}"
+
+
+def separable_block_diagram(block: dict) -> go.Figure:
+    """A depthwise-separable block or inverted residual drawn top to bottom from its real layers.
+
+    `block` is `dataclasses.asdict(engine.arch_blocks.SeparableBlock)`.
+    """
+    main = [s for s in block["steps"] if "squeeze" not in s["label"]]
+    side = [s for s in block["steps"] if "squeeze" in s["label"]]
+    title = f"{block['backbone']} {block['block']}: " + (
+        "inverted residual" if block["style"] == "inverted_residual" else "depthwise-separable block"
+    )
+    fig = _diagram(title, 150 + 95 * (len(main) + 1))
+    y = 0.0
+    _box(fig, 0, y, f"<b>input</b><br>{_shape_text(block['input_shape'])}", PALETTE[5])
+    positions = {"": (0.0, y)}
+    for step in main:
+        y -= 1.0
+        color = "#475569" if step["label"] == "add" else KIND_COLORS.get(step["kind"], "#94A3B8")
+        _box(fig, 0, y, _step_text(step), color)
+        px, py = positions.get(step["after"], (0.0, y + 1.0))
+        _arrow(fig, px, py, 0, y)
+        positions[step["name"]] = (0.0, y)
+    if side:  # squeeze-and-excitation: a small side branch that rescales the channels
+        sy = positions.get(side[0]["after"], (0.0, -1.0))[1] - 0.5
+        text = "<br>".join(f"{s['label']} → {_shape_text(s['output_shape'])}" for s in side)
+        _box(fig, 3.2, sy, f"<b>squeeze-excite</b><br>{text}", KIND_COLORS["other"], width=2.4)
+    if block["residual"]:
+        fig.add_shape(
+            type="path",
+            path=f"M {_BOX_W / 2},0 L {_BOX_W / 2 + 0.5},0 L {_BOX_W / 2 + 0.5},{y} L {_BOX_W / 2},{y}",
+            line={"color": "#475569", "width": 1.4, "dash": "dot"},
+        )
+        fig.add_annotation(x=_BOX_W / 2 + 0.55, y=y / 2, text="skip", showarrow=False, xanchor="left")
+    fig.update_xaxes(range=[-2.0, 4.6 if side else 2.4])
+    fig.update_yaxes(range=[y - 0.6, 0.6])
+    return fig
+
+
+def inception_module_diagram(module: dict) -> go.Figure:
+    """An Inception module: its parallel branches from the real layers, joined by a concat.
+
+    `module` is `dataclasses.asdict(engine.arch_blocks.InceptionModule)`.
+    """
+    branches = module["branches"]
+    # each branch is a little tree (mixed9/10 split 1×3 ‖ 3×1): depth = distance from the input
+    layouts, widths = [], []
+    for branch in branches:
+        depth: dict[str, int] = {}
+        for step in branch["steps"]:
+            depth[step["name"]] = depth.get(step["after"], -1) + 1
+        levels: dict[int, list[dict]] = {}
+        for step in branch["steps"]:
+            levels.setdefault(depth[step["name"]], []).append(step)
+        layouts.append(levels)
+        widths.append(max(len(v) for v in levels.values()) if levels else 1)
+    rows = max((max(levels) + 1 for levels in layouts if levels), default=1)
+    col_w = 2.9
+    total_w = col_w * sum(widths)
+    fig = _diagram(f"{module['backbone']} {module['module']}: Inception module", 220 + 92 * (rows + 2))
+    top = 0.0
+    _box(
+        fig,
+        total_w / 2,
+        top,
+        f"<b>input</b> {module['input_layer']}<br>{_shape_text(module['input_shape'])}",
+        PALETTE[5],
+        width=min(total_w, 6),
+    )
+    bottom = -(rows + 1.0)
+    x_left = 0.0
+    for branch, levels, width in zip(branches, layouts, widths, strict=True):
+        centre = x_left + col_w * width / 2
+        places: dict[str, tuple[float, float]] = {"": (total_w / 2, top)}
+        last = (centre, top)
+        for level in sorted(levels):
+            items = levels[level]
+            for j, step in enumerate(items):
+                x = centre + (j - (len(items) - 1) / 2) * col_w
+                y = -(level + 1.0)
+                color = KIND_COLORS.get(step["kind"], KIND_COLORS["other"])
+                _box(fig, x, y, _step_text(step), color, width=col_w - 0.25)
+                px, py = places.get(step["after"], (total_w / 2, top))
+                _arrow(fig, px, py, x, y)
+                places[step["name"]] = last = (x, y)
+        leaves = [
+            places[s["name"]]
+            for s in branch["steps"]
+            if s["name"] not in {t["after"] for t in branch["steps"]}
+        ]
+        for lx, ly in leaves or [last]:
+            _arrow(fig, lx, ly, centre if len(leaves) < 2 else lx, bottom)
+        fig.add_annotation(
+            x=centre + 0.06,
+            y=bottom + 0.6,
+            xanchor="left",
+            text=f"{branch['out_channels']} ch · {branch['macs'] / 1e6:,.1f} M",
+            showarrow=False,
+            font={"size": 10, "color": "#475569"},
+        )
+        x_left += col_w * width
+    _box(
+        fig,
+        total_w / 2,
+        bottom,
+        f"<b>concat</b> {module['module']}<br>{_shape_text(module['output_shape'])} · "
+        f"{module['macs'] / 1e6:,.1f} M MACs in all",
+        "#475569",
+        width=min(total_w, 6),
+    )
+    fig.update_xaxes(range=[-0.2, total_w + 0.2])
+    fig.update_yaxes(range=[bottom - 0.6, top + 0.6])
+    return fig
+
+
+def freeze_curve(frame: pd.DataFrame, current: int) -> go.Figure:
+    """Trainable params and step cost per number of unfrozen blocks; columns `unfrozen blocks`,
+    `trainable params`, `step MACs per image`."""
+    fig = _figure("Layer freezing", "Unfrozen top blocks (0 = head only)", "Trainable parameters (millions)")
+    if frame.empty:
+        return _empty(fig, "Nothing to show")
+    x = frame["unfrozen blocks"]
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=frame["trainable params"] / 1e6, name="trainable params", line={"color": PALETTE[0]}
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=frame["step MACs per image"] / 1e6,
+            name="training MACs per image",
+            yaxis="y2",
+            line={"color": PALETTE[1], "dash": "dash"},
+        )
+    )
+    fig.add_vline(x=current, line={"color": "#64748B", "dash": "dot"})
+    fig.update_layout(
+        yaxis2={
+            "title": "MACs per image per step (millions)",
+            "overlaying": "y",
+            "side": "right",
+            "showgrid": False,
+        },
+        margin={"l": 60, "r": 70, "t": 50, "b": 50},
+    )
+    return fig
+
+
+def feature_pca(frame: pd.DataFrame, explained: Sequence[float]) -> go.Figure:
+    """2-D PCA of bottleneck vectors coloured by class; columns `x`, `y`, `label`, `file`."""
+    fig = _figure(
+        "Cached bottleneck features, first two principal components",
+        f"PC 1 ({explained[0]:.0%} of variance)",
+        f"PC 2 ({explained[1]:.0%} of variance)",
+        height=460,
+    )
+    for i, (label, rows) in enumerate(frame.groupby("label", sort=True)):
+        fig.add_trace(
+            go.Scatter(
+                x=rows["x"],
+                y=rows["y"],
+                mode="markers",
+                name=str(label),
+                text=rows["file"],
+                marker={"size": 7, "color": PALETTE[i % len(PALETTE)], "opacity": 0.8},
+                hovertemplate="%{text}<extra>" + str(label) + "</extra>",
+            )
+        )
+    fig.update_layout(
+        legend={"orientation": "v", "x": 1.01, "y": 1, "xanchor": "left", "yanchor": "top"},
+        margin={"l": 60, "r": 130, "t": 50, "b": 50},
+    )
+    return fig
+
+
 # --- experiment figures ---
 def experiment_curves(
     histories: pd.DataFrame, metric: str = "accuracy", split: str = "validation", target: float | None = None

@@ -128,6 +128,7 @@ class Step:
     output_shape: tuple[int, ...]
     params: int
     macs: int
+    after: str = ""  # the step this one reads from ("" = the block's input): draws parallel paths
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,8 @@ def _label(r: LayerRecord) -> str | None:
     if r.kind == "depthwise":
         return f"{k} depthwise{stride}"
     if r.kind in ("conv", "pointwise"):
-        return f"{k}{stride}"
+        squeeze = len(r.output_shape) == 3 and r.output_shape[:2] == (1, 1) and r.input_shape[:2] == (1, 1)
+        return f"{k} squeeze-excite" if squeeze else f"{k}{stride}"
     if r.kind == "dense":
         return "dense"
     if r.op in ("AveragePooling2D", "MaxPooling2D"):
@@ -199,8 +201,24 @@ def _label(r: LayerRecord) -> str | None:
     return None
 
 
-def _step(r: LayerRecord) -> Step:
-    return Step(r.name, r.op, r.kind, _label(r) or r.op, r.input_shape, r.output_shape, r.params, r.macs)
+def _steps(members: list[LayerRecord], by_name: dict[str, LayerRecord]) -> list[Step]:
+    """Steps for the labelled layers among `members`, each linked to the step it reads from."""
+    chosen = {r.name for r in members}
+    steps = []
+    for r in members:
+        # a residual add reads the skip path too: follow the input that comes from inside the block
+        inside = [i for i in r.inbound if i in by_name and by_name[i].block == r.block]
+        after, cur = "", (inside or list(r.inbound) or [""])[0]
+        while cur in by_name and by_name[cur].block == r.block:
+            if cur in chosen:
+                after = cur
+                break
+            cur = by_name[cur].inbound[0] if by_name[cur].inbound else ""
+        label = _label(r) or r.op
+        steps.append(
+            Step(r.name, r.op, r.kind, label, r.input_shape, r.output_shape, r.params, r.macs, after)
+        )
+    return steps
 
 
 def separable_blocks(arch: Architecture) -> list[str]:
@@ -261,7 +279,7 @@ def separable_block(arch: Architecture, block: str | None = None) -> SeparableBl
         backbone=arch.name,
         block=block,
         style="inverted_residual" if before else "depthwise_separable",
-        steps=[_step(r) for r in layers if _label(r)],
+        steps=_steps([r for r in layers if _label(r)], {r.name: r for r in arch.layers}),
         residual=residual,
         input_shape=in_shape,
         output_shape=project.output_shape,
@@ -334,7 +352,7 @@ def inception_module(arch: Architecture, module: str | None = None) -> Inception
         branches.append(
             Branch(
                 label=" → ".join(describe(source, start)),
-                steps=[_step(r) for r in weight],
+                steps=_steps(weight, by_name),
                 out_channels=by_name[source].output_shape[-1],
                 macs=sum(r.macs for r in members),
                 params=sum(r.params for r in members),

@@ -321,3 +321,23 @@ def cached_projection(
         cached=len(rows),
         total=len(data.records),
     )
+
+
+def lab_results(runs: list[Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    """What the lab has measured per backbone: finished runs and their best test accuracy.
+
+    Args:
+        runs: `engine.store.Run` objects (any objects with .status, .config and .results).
+        names: the backbones of interest.
+    """
+    out: dict[str, dict[str, Any]] = {n: {"lab runs": 0, "best test accuracy": None} for n in names}
+    for run in runs:
+        name = (run.config or {}).get("architecture")
+        if name not in out or run.status != "finished":
+            continue
+        row = out[name]
+        row["lab runs"] += 1
+        acc = (run.results or {}).get("test_accuracy")
+        if acc is not None and (row["best test accuracy"] is None or acc > row["best test accuracy"]):
+            row["best test accuracy"] = float(acc)
+    return out

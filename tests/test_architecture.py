@@ -241,3 +241,19 @@ def test_cli_unknown_name_exit_2_lists_names():
 def test_unknown_name_raises_not_found():
     with pytest.raises(NotFound, match="choose one of"):
         architecture.analyze("resnet50")
+
+
+def test_projection_of_really_cached_features(tmp_path):
+    from engine import datasets, features
+    from engine.sources import make_demo_dataset
+
+    folder = make_demo_dataset(tmp_path / "demo", num_classes=2, per_class=4, size=32)
+    records = datasets.scan_image_dir(folder).records
+    features.extract_features(records, "mobilenet_0.25_128", "random", seed=0)
+    projection = arch_explain.cached_projection(folder, "mobilenet_0.25_128", "random", seed=0)
+    assert projection is not None
+    assert projection.cached == projection.total == len(records) == 8
+    assert projection.points.shape == (8, 2) and sorted(set(projection.labels)) == sorted(
+        {r.label for r in records}
+    )
+    assert 0 < projection.explained[0] <= 1
