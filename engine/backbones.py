@@ -118,8 +118,8 @@ def _registry() -> dict[str, Backbone]:
                 input_size=224,
                 preprocessing="raw",
                 tf1_input_name="input",
-                # followed by a hard-swish activation whose Keras name is auto-numbered
-                feature_layer="Conv_1/BatchNorm",
+                # the last 1x1 conv's batch norm; the hard-swish after it has an auto-numbered name
+                feature_layer="conv_1_bn",
                 feature_dim=dim,
                 weights_file=file,
                 weights_url=_KERAS_APPS + "mobilenet_v3/" + file,
