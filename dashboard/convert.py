@@ -105,6 +105,11 @@ def comparison_panel(run_id: str) -> None:
             hide_index=True,
             use_container_width=True,
             column_config={
+                "Size (MB)": st.column_config.NumberColumn(format="%.2f"),
+                "Load (s)": st.column_config.NumberColumn(format="%.3f"),
+                "p50 (ms)": st.column_config.NumberColumn(format="%.2f"),
+                "p95 (ms)": st.column_config.NumberColumn(format="%.2f"),
+                "Batch (img/s)": st.column_config.NumberColumn(format="%.0f"),
                 "Test accuracy": st.column_config.NumberColumn(format="percent"),
                 "Agrees with Keras": st.column_config.NumberColumn(format="percent"),
                 "Max |Δp|": st.column_config.NumberColumn(format="%.2g"),

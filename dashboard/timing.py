@@ -49,7 +49,7 @@ def machine_table(reports: list[dict]) -> None:
             "cores": r["machine"].get("cpu_cores"),
             "GPUs": ", ".join(r["machine"].get("gpus") or []) or "none",
             "TensorFlow": r["machine"].get("tensorflow_version"),
-            "CUDA": r["machine"].get("cuda_version") or "—",
+            "CUDA (TF build)": r["machine"].get("cuda_version") or "—",
         }
         for r in reports
     ]
@@ -78,7 +78,7 @@ facts = cache.basic_facts()
 if not facts.get("nvidia_smi"):
     st.info(
         "No NVIDIA GPU on this machine: the lab measures the CPU only. Ask a classmate with a GPU to run it "
-        "and export their timings, then import them below to compare side by side.",
+        "and export their timings, then import them in the sidebar to compare side by side.",
         icon=":material/memory:",
     )
 

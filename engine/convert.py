@@ -116,6 +116,7 @@ class _Converter:
         self.progress, self.cancel = progress, cancel
         self.work = run.exports / ".work"
         self._model = None
+        self.step = (0, 1)  # (formats done, formats asked): progress events stay on one scale
 
     def model(self):
         if self._model is None:
@@ -191,7 +192,8 @@ class _Converter:
         for i, rec in enumerate(chosen):
             if i % 10 == 0:
                 check_cancel(self.cancel)
-                emit(self.progress, "convert", i, count, f"tflite-int8: reading calibration image {i + 1}")
+                msg = f"tflite-int8: reading calibration image {i + 1} of {count}"
+                emit(self.progress, "convert", *self.step, msg, format="tflite-int8")
             pixels.append(images.load_image(rec.path, self.run.input_size))
         return np.stack(pixels).astype(np.float32)
 
@@ -272,6 +274,7 @@ def convert_run(
         for i, fmt in enumerate(formats):
             check_cancel(cancel)
             emit(progress, "convert", i, len(formats), f"Converting to {fmt}", format=fmt)
+            conv.step = (i, len(formats))
             existing = read_manifest(run, fmt)
             if existing and not force:
                 exports.append(existing)

@@ -19,7 +19,7 @@ from engine.store import RunStore
 pytestmark = pytest.mark.slow
 
 FLOAT_TOL = 1e-4  # SavedModel, TFLite float32 and ONNX compute in float32 like Keras
-FP16_TOL = 2e-2  # float16 weights (~3 significant digits); measured up to 0.008 on the flowers
+FP16_TOL = 2e-2  # float16 weights (~3 significant digits); measured 0.008-0.014 on the flowers
 QUANT_AGREEMENT = 0.9  # int8 (and dynamic-range on the stand-in): top-1 agreement with Keras
 DYNAMIC_FLOWERS = 0.85  # dynamic-range on 19 flower test images: measured 0.89-0.95 (1-2 flips)
 EXPORTED = ("savedmodel", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx")
@@ -132,6 +132,10 @@ def test_cli_convert_reports_sizes(run_id, capsys):
     assert [m["format"] for m in out["exports"]] == ["tflite-fp32", "onnx"]
     assert main(["convert", "--run", run_id, "--to", "tflite-fp64"]) == 2  # a clear error, no traceback
     assert "valid formats" in capsys.readouterr().err
+    assert main(["convert", "--run", run_id, "--to", "tflite-fp16", "--compare", "--json"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out.strip().splitlines()[-1])["comparison"]["rows"]
+    assert [r["format"] for r in rows] == ["keras", "tflite-fp16"] and "Prediction flips" in out
 
 
 def test_conversion_on_demand_and_cancel_between_formats(home):
