@@ -652,7 +652,7 @@ def format_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str, f
 
 def format_latency(frame: pd.DataFrame) -> go.Figure:
     """Warm single-image latency per format (ms); columns format, latency_p50_ms, latency_p95_ms."""
-    fig = _figure("Single-image latency (warm, model only)", "Format", "Latency (ms)", height=340)
+    fig = _figure("Warm single-image latency", "Format", "Latency (ms, model only)", height=340)
     if frame.empty or "latency_p50_ms" not in frame:
         return _empty(fig, "Nothing measured yet")
     for i, (column, name) in enumerate((("latency_p50_ms", "median (p50)"), ("latency_p95_ms", "p95"))):
@@ -663,7 +663,7 @@ def format_latency(frame: pd.DataFrame) -> go.Figure:
 
 def format_fidelity(frame: pd.DataFrame) -> go.Figure:
     """Test accuracy and top-1 agreement with Keras per format; columns format, accuracy, agreement."""
-    fig = _figure("Accuracy and agreement with the Keras model", "Format", "Fraction of test images", 340)
+    fig = _figure("Accuracy, agreement", "Format", "Fraction of test images", 340)
     if frame.empty or "accuracy" not in frame:
         return _empty(fig, "Nothing measured yet")
     for i, (column, name) in enumerate((("accuracy", "test accuracy"), ("agreement", "same top-1 as Keras"))):
