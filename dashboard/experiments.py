@@ -236,7 +236,8 @@ def steps_study() -> None:
         rows = experiments.steps_study(run_id, numbers(text, int, "Steps"), cache.store())
         frame = pd.DataFrame(rows).astype({"validation_accuracy": float, "test_accuracy": float})
         plot(charts.accuracy_at_steps(frame), key="steps_chart")
-        st.dataframe(table(rows, ("checkpoint", "step", "validation_accuracy", "test_accuracy", "note")))
+        columns = ("checkpoint", "step", "validation_accuracy", "test_accuracy", "note")
+        st.dataframe(table(rows, columns), hide_index=True)
         st.download_button(
             "Download CSV", summaries.to_csv(rows), file_name=f"steps-{run_id}.csv", mime="text/csv"
         )
@@ -272,6 +273,12 @@ with watch_col, guard("Following the experiment"):
     past = [e for e in experiments.list_experiments(cache.store()) if e["kind"] == study]
     running = (job.extra or {}).get("experiment_id") if job is not None and job.active else None
     past = [e for e in past if e["id"] != running]
+    finished = (job.result or {}).get("experiment_id") if job is not None and not job.active else None
+    if finished and st.session_state.get("experiment_shown_job") != job.id:
+        # a job of this session just ended: show its experiment once, then let the user pick
+        st.session_state["experiment_shown_job"] = job.id
+        if finished in {e["id"] for e in past}:
+            st.session_state["experiment_pick"] = finished
     if past:
         labels = {e["id"]: f"{e['name']} · {e['runs']} runs · {e['id']}" for e in past}
         chosen = st.selectbox("Results of", list(labels), format_func=labels.get, key="experiment_pick")

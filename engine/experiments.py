@@ -230,7 +230,10 @@ def steps_study(run_id: str, checkpoints=DEFAULT_CHECKPOINTS, store=None) -> lis
     if not checkpoints or min(checkpoints) < 1:
         raise InvalidArgument(f"checkpoints must be steps >= 1, got checkpoints={checkpoints!r}")
     history = store.get_history(run_id, phase="train")
-    return summaries.steps_table(history, checkpoints, (run.results or {}).get("test_accuracy"))
+    results = run.results or {}
+    # the history is the head's; after fine-tuning, the head's own test accuracy is the one that matches it
+    test = (results.get("fine_tune") or {}).get("head_test_accuracy", results.get("test_accuracy"))
+    return summaries.steps_table(history, checkpoints, test)
 
 
 # -- reading experiments -----------------------------------------------------------------------
@@ -272,14 +275,16 @@ def experiment_table(experiment_id: str, store=None) -> list[dict[str, Any]]:
     if exp.kind not in KINDS:
         raise NotFound(f"Experiment {experiment_id!r} is of kind {exp.kind!r}, not one of {sorted(KINDS)}")
     target = exp.config.get("target", DEFAULT_TARGET)
+    runs = experiment_runs(experiment_id, store)
+    # a run still training has no results yet; its siblings on the same data know the class count
+    known = [r.results["num_classes"] for r in runs if (r.results or {}).get("num_classes")]
     rows = []
-    for run in experiment_runs(experiment_id, store):
+    for run in runs:
         history = store.get_history(run.id, phase="train")
         results, train = run.results or {}, (run.config or {}).get("train", {})
         row = {"name": run.name, "run_id": run.id, "status": run.status}
-        row.update(
-            summaries.race_row(history, results.get("test_accuracy"), target, results.get("num_classes"))
-        )
+        classes = results.get("num_classes") or (known[0] if exp.kind != "datasets" and known else None)
+        row.update(summaries.race_row(history, results.get("test_accuracy"), target, classes))
         row["train_seconds"] = sum(run.phases.get(p, 0.0) for p in ("train", "fine_tune"))
         row.update(learning_rate=train.get("learning_rate"), schedule=train.get("schedule", "constant"))
         if exp.kind == "freezing":
