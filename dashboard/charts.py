@@ -594,6 +594,9 @@ def experiment_curves(
         histories: columns `run` (label), `step`, `<split>_<metric>`.
     """
     fig = compare_curves(histories, metric, split, smoothing=0.0)
+    # rates part ways in the first few hundred steps: a log axis shows that and the long tail
+    fig.update_xaxes(type="log", title_text="Training step (log scale)")
+    fig.update_layout(legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"})
     if target is not None and metric == "accuracy" and not histories.empty:
         fig.add_hline(
             y=target, line={"dash": "dot", "color": "#64748B"}, annotation_text=f"target {target:.0%}"
