@@ -198,14 +198,33 @@ class _Converter:
         return np.stack(pixels).astype(np.float32)
 
     def _onnx(self, dest: Path) -> dict[str, Any]:
-        import tensorflow as tf
         import tf2onnx
+        from tf2onnx import tf_loader
 
-        model, size = self.model(), self.run.input_size
-        spec = (tf.TensorSpec([None, size, size, 3], tf.float32, name="image"),)
-        forward = tf.function(lambda image: model(image, training=False))
-        tf2onnx.convert.from_function(forward, input_signature=spec, opset=ONNX_OPSET, output_path=str(dest))
-        return {"opset": ONNX_OPSET, "input": "image", "converter": f"tf2onnx {tf2onnx.__version__}"}
+        # From the SavedModel, not tf2onnx.convert.from_function: the SavedModel loader freezes every
+        # variable, while from_function leaves non-trainable ones (EfficientNet's Normalization
+        # mean/variance) as extra graph inputs that ONNX Runtime then asks for.
+        graph_def, inputs, outputs, renames = tf_loader.from_saved_model(
+            str(self.saved_model()),
+            None,
+            None,
+            tag="serve",
+            signatures=["serving_default"],
+            return_tensors_to_rename=True,
+        )
+        tf2onnx.convert.from_graph_def(
+            graph_def,
+            input_names=inputs,
+            output_names=outputs,
+            opset=ONNX_OPSET,
+            tensors_to_rename=renames,
+            output_path=str(dest),
+        )
+        return {
+            "opset": ONNX_OPSET,
+            "inputs": sorted(renames.get(n, n) for n in inputs),
+            "converter": f"tf2onnx {tf2onnx.__version__}",
+        }
 
     def _tensorrt(self, fmt: str, out: Path) -> dict[str, Any]:
         onnx_path = model_path(self.run, fmt)

@@ -226,3 +226,27 @@ def test_int8_agrees_on_real_flowers(flower_home, flowers_dir):
     assert rows["tflite-fp16"]["max_prob_diff"] <= FP16_TOL, rows["tflite-fp16"]
     assert rows["tflite-int8"]["agreement"] >= 0.9, rows["tflite-int8"]
     assert rows["tflite-dynamic"]["agreement"] >= DYNAMIC_FLOWERS, rows["tflite-dynamic"]
+
+
+def test_efficientnet_onnx_has_only_the_image_input(home):
+    """EfficientNet's Normalization layer keeps mean/variance as variables; they must be frozen into ONNX."""
+    import keras
+
+    from engine.pipeline import build_classifier
+
+    rng = np.random.default_rng(0)
+    model = build_classifier("efficientnet_b0", "random", rng.normal(size=(1280, 3)) * 0.01, np.zeros(3))
+    store = RunStore()
+    config = {"source": "demo", "architecture": "efficientnet_b0"}
+    run = store.create_run(config, name="efficientnet onnx")
+    folder = store.run_dir(run.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    (folder / "labels.txt").write_text("a\nb\nc\n")
+    (folder / "config.json").write_text(json.dumps(config))
+    store.finish_run(run.id, {})
+    runtime, _ = convert.load_run_runtime(run.id, "onnx")
+    assert [i.name for i in runtime.session.get_inputs()] == ["image"]
+    x = rng.uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    reference = keras.saving.load_model(folder / "model.keras").predict(x, verbose=0)
+    assert np.abs(runtime.predict(x) - reference).max() <= FLOAT_TOL
