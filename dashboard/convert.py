@@ -103,7 +103,7 @@ def comparison_panel(run_id: str) -> None:
         st.dataframe(
             table,
             hide_index=True,
-            use_container_width=True,
+            width="stretch",
             column_config={
                 "Size (MB)": st.column_config.NumberColumn(format="%.2f"),
                 "Load (s)": st.column_config.NumberColumn(format="%.3f"),

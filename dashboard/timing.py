@@ -53,7 +53,7 @@ def machine_table(reports: list[dict]) -> None:
         }
         for r in reports
     ]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 @st.fragment(run_every=POLL_SECONDS)
