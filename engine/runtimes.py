@@ -265,6 +265,12 @@ def load_tensorrt(onnx_path: Path, fmt: str, cache_dir: Path, input_size: int) -
         raise RuntimeUnavailable(f"{fmt} is unavailable here: " + "; ".join(missing))
     import onnxruntime as ort
 
+    # pip's TensorRT and CUDA libraries live in site-packages, not on the loader's path: importing
+    # `tensorrt` loads libnvinfer, and preload_dlls (onnxruntime >= 1.21) loads CUDA and cuDNN
+    import tensorrt  # noqa: F401
+
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
     cache_dir.mkdir(parents=True, exist_ok=True)
     name = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     providers = tensorrt_providers(fmt == "tensorrt-fp16", cache_dir, name, input_size)
