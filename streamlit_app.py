@@ -8,7 +8,7 @@ from dashboard.components import sidebar
 
 ROOT = Path(__file__).resolve().parent
 
-# (file, title, icon); a page whose file is not in this checkout yet is left out
+# (file, title, icon); a page whose file is not in this checkout (yet) is left out
 PAGES = [
     ("dashboard/overview.py", "Overview", ":material/home:"),
     ("dashboard/data.py", "Data", ":material/photo_library:"),
@@ -16,6 +16,9 @@ PAGES = [
     ("dashboard/runs.py", "Runs", ":material/table_chart:"),
     ("dashboard/classify.py", "Classify", ":material/image_search:"),
     ("dashboard/architectures.py", "Architectures", ":material/account_tree:"),
+    ("dashboard/experiments.py", "Experiments", ":material/science:"),
+    ("dashboard/convert.py", "Convert & compare", ":material/swap_horiz:"),
+    ("dashboard/timing.py", "CPU vs GPU", ":material/speed:"),
 ]
 
 st.set_page_config(

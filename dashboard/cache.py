@@ -38,9 +38,13 @@ def store():
 
 # -- environment -------------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, ttl=600)
-def basic_facts() -> dict[str, Any]:
-    """Versions, CPU and packages; instant, no TensorFlow import."""
+def _basic_facts(home: str, keras_home: str) -> dict[str, Any]:
     return sysinfo.basic_facts()
+
+
+def basic_facts() -> dict[str, Any]:
+    """Versions, CPU, packages and the data folders; instant, no TensorFlow import."""
+    return _basic_facts(_home(), str(config.keras_home()))
 
 
 @st.cache_resource(show_spinner="Asking TensorFlow which devices it sees…")
@@ -50,9 +54,13 @@ def tensorflow_facts() -> dict[str, Any]:
 
 
 # -- registry and assets -----------------------------------------------------------------------
-@st.cache_data(show_spinner=False)
 def backbone_table() -> list[dict[str, Any]]:
     """One row per registered backbone (name, family, input size, feature dim, paper, year)."""
+    return _backbone_table(str(config.keras_home()))
+
+
+@st.cache_data(show_spinner=False, ttl=60)  # "weights cached" changes when a run downloads weights
+def _backbone_table(keras_home: str) -> list[dict[str, Any]]:
     rows = []
     for name in backbones.list_backbones():
         b = backbones.get_backbone(name)

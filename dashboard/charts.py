@@ -24,8 +24,18 @@ pio.templates["lab"] = go.layout.Template(
         paper_bgcolor="#FFFFFF",
         plot_bgcolor="#FFFFFF",
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
-        xaxis={"gridcolor": "#E2E8F0", "zerolinecolor": "#CBD5E1", "linecolor": "#94A3B8"},
-        yaxis={"gridcolor": "#E2E8F0", "zerolinecolor": "#CBD5E1", "linecolor": "#94A3B8"},
+        xaxis={
+            "gridcolor": "#E2E8F0",
+            "zerolinecolor": "#CBD5E1",
+            "linecolor": "#94A3B8",
+            "automargin": True,
+        },
+        yaxis={
+            "gridcolor": "#E2E8F0",
+            "zerolinecolor": "#CBD5E1",
+            "linecolor": "#94A3B8",
+            "automargin": True,
+        },
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
         hoverlabel={"font": {"size": 12}},
         title={"font": {"size": 15}, "x": 0, "xanchor": "left"},
@@ -134,7 +144,7 @@ def compare_curves(
     for i, (run, rows) in enumerate(histories.groupby("run", sort=False)):
         _add_series(fig, rows["step"], rows[column], str(run), PALETTE[i % len(PALETTE)], smoothing)
     if metric == "accuracy":
-        fig.update_yaxes(tickformat=".0%")
+        fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return fig
 
 
@@ -179,7 +189,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
             text=z,
             texttemplate="%{text}",
             hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>",
-            colorbar={"title": {"text": "images"}},
+            colorbar={"title": {"text": "images"}, "thickness": 12},
         )
     )
     fig.update_yaxes(autorange="reversed")
@@ -187,7 +197,10 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
 
 
 def phase_timings(frame: pd.DataFrame) -> go.Figure:
-    """Stacked horizontal bars of seconds per phase; columns `run`, `phase`, `seconds`."""
+    """Stacked horizontal bars of seconds per phase; columns `run`, `phase`, `seconds`.
+
+    Phases stack in the order they first appear in `frame`.
+    """
     fig = _figure(
         "Time per phase", "Wall time (s)", "Run", height=max(240, 70 * frame["run"].nunique() + 140)
     )
@@ -204,7 +217,7 @@ def phase_timings(frame: pd.DataFrame) -> go.Figure:
                 hovertemplate="%{y}<br>" + str(phase) + ": %{x:.2f} s<extra></extra>",
             )
         )
-    fig.update_layout(barmode="stack")
+    fig.update_layout(barmode="stack", legend_traceorder="normal")
     return fig
 
 
@@ -261,7 +274,7 @@ def class_counts(frame: pd.DataFrame) -> go.Figure:
     for split in ("train", "validation", "test"):
         rows = frame[frame["split"] == split]
         fig.add_trace(go.Bar(x=rows["class"], y=rows["images"], name=split, marker_color=SPLIT_COLORS[split]))
-    fig.update_layout(barmode="stack")
+    fig.update_layout(barmode="stack", legend_traceorder="normal")
     return fig
 
 

@@ -20,8 +20,8 @@ with guard("Reading runs"):
 left, right = st.columns([1, 2], gap="large")
 with left, st.container(border=True):
     kinds = {
-        "run": ":material/model_training: A trained run",
-        "imagenet": ":material/public: ImageNet (1,000 classes)",
+        "run": ":material/model_training: Trained run",
+        "imagenet": ":material/public: ImageNet-1k",
     }
     kind = st.segmented_control(
         "Classifier",
@@ -88,7 +88,9 @@ with right:
                         st.image(item.getvalue(), caption=item.name, width="stretch")
                     except Exception:  # the browser cannot show every format the engine reads (TIFF)
                         st.caption(f":material/image: {item.name} (no preview for this format)")
-                    st.metric("Top-1", pred.top1, f"{pred.scores[0]:.1%}", delta_color="off")
+                    st.metric(
+                        "Top-1", pred.top1, f"{pred.scores[0]:.1%}", delta_color="off", delta_arrow="off"
+                    )
                     st.metric("Latency", f"{pred.latency_ms:.1f} ms")
                 with chart_col:
                     frame = pd.DataFrame({"label": pred.labels, "probability": pred.scores})

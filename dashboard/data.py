@@ -58,7 +58,7 @@ with st.container(border=True):
         st.markdown("A `.zip` whose top level (or single top folder) holds one folder of images per class.")
         upload = st.file_uploader("Zip of class folders", type=["zip"], key="zip_upload")
         default_name = Path(upload.name).stem if upload else "my-dataset"
-        name = st.text_input("Dataset name", value=default_name, key="zip_name")
+        name = st.text_input("Dataset name", placeholder=default_name, key="zip_name").strip() or default_name
         if st.button("Unpack and use", type="primary", disabled=upload is None, icon=":material/unarchive:"):
             with guard("Unpacking the zip"), st.spinner("Checking and unpacking the archive…"):
                 path = datasets.extract_zip(upload, name)

@@ -37,7 +37,7 @@ with guard("Reading the run store"):
     c1, c2, c3 = st.columns(3)
     c1.metric("Runs in this lab", len(runs))
     c2.metric("Finished runs", len(finished))
-    c3.metric("Best test accuracy", f"{best:.1%}" if best else "—")
+    c3.metric("Best test accuracy", f"{best:.1%}" if best is not None else "—")
 
 st.subheader("The stack, read live")
 facts = cache.basic_facts()

@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import cache, charts
 from dashboard.components import STATUS_ICONS, guard, plot
+from engine.progress import PHASES
 
 
 def run_label(run) -> str:
@@ -26,6 +27,9 @@ def run_row(run) -> dict:
     return {
         "name": run.name,
         "status": run.status,
+        "test accuracy": res.get("test_accuracy"),
+        "validation accuracy": final.get("validation_accuracy"),
+        "validation cross-entropy": final.get("validation_cross_entropy"),
         "architecture": cfg.get("architecture"),
         "weights": cfg.get("weights"),
         "dataset": Path(str(cfg.get("source", ""))).name,
@@ -33,9 +37,6 @@ def run_row(run) -> dict:
         "steps": train.get("steps"),
         "batch": train.get("batch_size"),
         "fine-tune layers": train.get("fine_tune_layers"),
-        "test accuracy": res.get("test_accuracy"),
-        "validation accuracy": final.get("validation_accuracy"),
-        "validation cross-entropy": final.get("validation_cross_entropy"),
         "seconds": round(run.duration, 1) if run.duration is not None else None,
         "created": datetime.fromtimestamp(run.created),
         "id": run.id,
@@ -121,9 +122,10 @@ if chosen:
     with right:
         phases = pd.DataFrame(
             [
-                {"run": short_label(r), "phase": phase, "seconds": sec}
+                {"run": short_label(r), "phase": phase, "seconds": r.phases[phase]}
+                for phase in PHASES  # pipeline order, so the stacks read left to right in time
                 for r in selected
-                for phase, sec in r.phases.items()
+                if phase in r.phases
             ]
         )
         if phases.empty:
@@ -149,9 +151,9 @@ st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{run.name}** · `{run.id}` ·
 if run.error:
     st.error(run.error, icon=":material/error:")
 
-actions = st.columns([1, 1, 4])
+actions = st.container(horizontal=True)
 model = cache.model_file(run.id)
-actions[0].download_button(
+actions.download_button(
     "Download model.keras",
     data=model.read_bytes if model.is_file() else b"",
     file_name=f"{run.name.replace(' ', '_').replace('=', '')}-{run.id}.keras",
@@ -160,7 +162,7 @@ actions[0].download_button(
     disabled=not model.is_file(),
     key="download_model",
 )
-with actions[1].popover("Delete…", icon=":material/delete:", disabled=run.status == "running"):
+with actions.popover("Delete…", icon=":material/delete:", disabled=run.status == "running"):
     st.markdown(f"Delete **{run.name}** and its folder (model, metrics)? This cannot be undone.")
     if st.button("Yes, delete this run", type="primary", key="confirm_delete"):
         with guard("Deleting the run"):

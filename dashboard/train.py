@@ -115,9 +115,11 @@ def results(job_id: str) -> None:
             help=f"{res.get('test_count', 0)} images",
         )
         val = final.get("validation_accuracy")
-        m[1].metric("Final validation accuracy", f"{val:.1%}" if val is not None else "—")
+        m[1].metric("Validation accuracy", f"{val:.1%}" if val is not None else "—")
         m[2].metric(
-            "Bottleneck cache", f"{cache_stats.get('hits', 0)} hits / {cache_stats.get('misses', 0)} misses"
+            "Bottleneck cache hits",
+            f"{cache_stats.get('hits', 0)} of {cache_stats.get('hits', 0) + cache_stats.get('misses', 0)}",
+            help="bottlenecks reused from the cache / images in the dataset",
         )
         m[3].metric("Wall time", fmt_seconds(run.duration))
     curves(run.id, "done")
@@ -175,7 +177,8 @@ with form_col, st.container(border=True):
         random_crop = st.slider("Distort: random crop %", 0, 50, 0)
         random_scale = st.slider("Distort: random scale %", 0, 50, 0)
         random_brightness = st.slider("Distort: random brightness %", 0, 50, 0)
-    name = st.text_input("Run name (optional)", placeholder=f"{architecture} lr={learning_rate:g}")
+    # a fixed placeholder: a changing one would make Streamlit treat it as a new, empty widget
+    name = st.text_input("Run name (optional)", placeholder="default: <backbone> lr=<rate>", key="train_name")
     if weights == "imagenet" and not backbones.weights_cached(architecture):
         st.caption(
             f":material/cloud_download: ImageNet weights for {architecture} are not cached here; "
@@ -217,6 +220,10 @@ with watch_col:
                 "No run in progress. Configure one on the left and press **Start training**.",
                 icon=":material/info:",
             )
+            latest = [j for j in jobs.list_jobs(store=cache.store(), limit=20) if j.kind == "retrain"]
+            if latest:
+                st.markdown("##### The latest run")
+                results(latest[0].id)
         elif jobs.get_job(job_id, store=cache.store()).active:
             monitor(job_id)
         else:

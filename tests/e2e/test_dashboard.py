@@ -1,0 +1,219 @@
+"""The dashboard in a real browser: upload a zip, train twice, compare, classify, refuse bad input.
+
+The tests run in file order against one server and one browser tab (see conftest.py), so the
+dataset uploaded first is the one trained on, and the runs trained are the ones compared.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+TRAIN_TIMEOUT_MS = 300_000
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def wait_idle(page, timeout: float = 90.0, quiet_checks: int = 3) -> None:
+    """Wait until Streamlit has finished running the script (no running indicator for a while)."""
+    deadline, quiet = time.time() + timeout, 0
+    while quiet < quiet_checks:
+        if time.time() > deadline:
+            raise AssertionError(f"the app kept running for more than {timeout:.0f} s")
+        page.wait_for_timeout(400)
+        busy = page.evaluate("() => !!document.querySelector('[data-testid=stStatusWidgetRunningIcon]')")
+        quiet = 0 if busy else quiet + 1
+
+
+def go(page, title: str, heading: str | None = None) -> None:
+    """Open a page from the sidebar navigation (keeps the browser session and its selections)."""
+    page.locator("[data-testid=stSidebarNav] a", has_text=title).first.click()
+    page.locator("h1", has_text=heading or title).first.wait_for()
+    wait_idle(page)
+
+
+def button(page, text: str):
+    return page.locator("button", has_text=text).first
+
+
+def no_exception(page) -> None:
+    """No Streamlit exception box (a traceback) anywhere on the page."""
+    assert page.locator("[data-testid=stException]").count() == 0, page.locator(
+        "[data-testid=stException]"
+    ).first.inner_text()
+
+
+def metric(page, label: str) -> str:
+    box = page.locator(
+        "[data-testid=stMetric]", has=page.locator("[data-testid=stMetricLabel]", has_text=label)
+    )
+    return box.first.locator("[data-testid=stMetricValue]").inner_text()
+
+
+def plot_traces(page) -> list[int]:
+    """Number of traces holding data in each plotly chart on the page (plotly.js' own view)."""
+    return page.evaluate(
+        "() => Array.from(document.querySelectorAll('[data-testid=stMain] .js-plotly-plot'))"
+        ".map(p => (p._fullData || []).filter(t => (t._length || 0) > 0 || (t.z && t.z.length)).length)"
+    )
+
+
+def flowers_zip(flowers: Path, folder: Path) -> Path:
+    path = folder / "flowers-small.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for image in sorted(flowers.glob("*/*.jpg")):
+            zf.write(image, f"{image.parent.name}/{image.name}")
+    return path
+
+
+def train(page, steps: int, learning_rate: str, name: str, screenshot=None, shot_name: str = "") -> dict:
+    """Start a run from the Train page and follow it until its results show."""
+    page.get_by_label("Training steps").fill(str(steps))
+    page.get_by_label("Learning rate").fill(learning_rate)
+    page.get_by_label("Run name (optional)").fill(name)
+    page.get_by_label("Run name (optional)").press("Enter")
+    wait_idle(page)
+    button(page, "Start training").click()
+    main = page.locator("[data-testid=stMain]")
+    main.locator("[data-testid=stProgress]").first.wait_for(timeout=60_000)
+    seen = {"live_curves": 0, "phases": set()}
+    deadline = time.time() + TRAIN_TIMEOUT_MS / 1000
+    shot_taken = False
+    while time.time() < deadline:
+        running = button(page, "Cancel").count() > 0
+        done = main.locator("[data-testid=stMetricLabel]", has_text="Test accuracy").count()
+        if done and not running and main.get_by_text(name).count():
+            break
+        bars = main.locator("[data-testid=stProgress]")
+        if running and bars.count():
+            seen["phases"].add(bars.first.inner_text().split("·")[0].strip())
+            traces = plot_traces(page)
+            if traces and max(traces) >= 2:
+                seen["live_curves"] += 1
+                training = bars.first.inner_text().startswith("Training the head")
+                if screenshot and not shot_taken and training:
+                    screenshot(page, shot_name, full=False)
+                    shot_taken = True
+        page.wait_for_timeout(250)
+    else:
+        raise AssertionError(f"run {name!r} did not finish within {TRAIN_TIMEOUT_MS / 1000:.0f} s")
+    wait_idle(page)
+    return seen
+
+
+# -- the suite -----------------------------------------------------------------------------------
+def test_overview(page, screenshot):
+    page.locator("h1", has_text="Classifier Lab").wait_for()
+    page.get_by_text("TensorRT cannot be used here", exact=False).or_(
+        page.get_by_text("TensorRT can be used here", exact=False)
+    ).first.wait_for(timeout=90_000)
+    wait_idle(page)
+    no_exception(page)
+    assert re.match(r"\d+\.\d+", metric(page, "TensorFlow"))
+    assert page.get_by_text("14,197,122").count() >= 1
+    assert page.get_by_text("GPUs visible to TensorFlow").count() == 1
+    screenshot(page, "01_overview")
+
+
+def test_data_upload_zip(page, screenshot, assets, tmp_path):
+    go(page, "Data")
+    button(page, "Upload a zip").click()
+    wait_idle(page)
+
+    # a zip without class folders is refused with the reason, and the page keeps working
+    bad = tmp_path / "loose.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.write(assets["samples"] / "classic-daisy.jpg", "classic-daisy.jpg")
+    page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(bad))
+    wait_idle(page)
+    button(page, "Unpack and use").click()
+    page.locator("[data-testid=stAlertContentError]").first.wait_for()
+    assert "class" in page.locator("[data-testid=stAlertContentError]").first.inner_text().lower()
+    no_exception(page)
+    screenshot(page, "02_data_bad_zip")
+
+    page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(
+        str(flowers_zip(assets["flowers"], tmp_path))
+    )
+    page.locator("[data-testid=stFileUploader]", has_text="flowers-small.zip").wait_for()
+    wait_idle(page)
+    page.get_by_label("Dataset name").fill("flowers-small")
+    page.get_by_label("Dataset name").press("Enter")
+    wait_idle(page)
+    button(page, "Unpack and use").click()
+    page.locator("h3", has_text="Dataset: flowers-small").wait_for(timeout=180_000)
+    wait_idle(page)
+    no_exception(page)
+    assert metric(page, "Classes") == "5"
+    assert metric(page, "Images") == "200"
+    assert page.locator("[data-testid=stImage] img").count() >= 5 * 8  # thumbnails of every class
+    screenshot(page, "03_data_flowers")
+
+
+def test_train_two_runs(page, screenshot):
+    go(page, "Train")
+    assert "flowers-small" in page.locator("[data-testid=stSelectbox] input").first.input_value()
+    first = train(page, 300, "0.01", "e2e lr=0.01")
+    no_exception(page)
+    accuracy = metric(page, "Test accuracy")
+    assert accuracy.endswith("%") and float(accuracy[:-1]) >= 50, accuracy
+    assert min(plot_traces(page)[:2]) >= 2  # accuracy and cross-entropy, train and validation
+    screenshot(page, "05_train_done")
+
+    second = train(page, 2000, "0.005", "e2e lr=0.005", screenshot, "06_train_running")
+    no_exception(page)
+    assert metric(page, "Test accuracy").endswith("%")
+    assert metric(page, "Bottleneck cache hits") == "200 of 200", "the second run must reuse every bottleneck"
+    print(f"live views: first {first}, second {second}")
+    assert second["live_curves"] >= 1, "curves must update while the job trains"
+    screenshot(page, "07_train_second_done")
+
+
+def test_runs_compare(page, screenshot):
+    go(page, "Runs")
+    no_exception(page)
+    assert page.get_by_text("2 of 2 runs").count() == 1
+    chosen = page.locator("[data-testid=stMultiSelect]", has_text="Runs to overlay")
+    assert chosen.inner_text().count("e2e lr=") == 2
+    traces = plot_traces(page)
+    assert traces[0] >= 4  # two runs, raw + smoothed each
+    screenshot(page, "08_runs")
+
+
+def test_classify_daisy_and_bad_upload(page, screenshot, assets, tmp_path):
+    go(page, "Classify")
+    uploader = page.locator("[data-testid=stFileUploader] input[type=file]")
+    uploader.set_input_files(str(assets["samples"] / "classic-daisy.jpg"))
+    page.locator("[data-testid=stMetricLabel]", has_text="Top-1").wait_for(timeout=120_000)
+    wait_idle(page)
+    no_exception(page)
+    assert metric(page, "Top-1") == "daisy"
+    assert metric(page, "Latency").endswith("ms")
+    screenshot(page, "09_classify_daisy")
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    uploader.set_input_files([str(assets["samples"] / "classic-daisy.jpg"), str(notes)])
+    page.locator("[data-testid=stAlertContentError]", has_text="notes.txt").wait_for(timeout=60_000)
+    wait_idle(page)
+    no_exception(page)
+    assert "not an image" in page.locator("[data-testid=stAlertContentError]").first.inner_text()
+    assert metric(page, "Top-1") == "daisy"  # the good photo is still classified
+    screenshot(page, "10_classify_bad_upload")
+
+
+def test_every_page_renders(page, screenshot):
+    """Screenshots of the pages not covered above (Architectures when it is in this checkout)."""
+    titles = page.locator("[data-testid=stSidebarNav] a").all_inner_texts()
+    if any("Architectures" in t for t in titles):
+        go(page, "Architectures")
+        wait_idle(page, timeout=180)
+        no_exception(page)
+        screenshot(page, "11_architectures")
+    go(page, "Overview", heading="Classifier Lab")
+    no_exception(page)

@@ -1,0 +1,253 @@
+"""AppTest of every dashboard page: each renders without an exception, and its main interactions work.
+
+Pages run alone (`AppTest.from_file("dashboard/<page>.py")`), in this process, against the
+temporary LAB_HOME of the autouse `lab_home` fixture. Runs are made through the real engine.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from engine import datasets, jobs
+from engine.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["overview", "data", "train", "runs", "classify"]
+TIMEOUT = 120  # seconds per script run; the first TensorFlow import is slow on a busy machine
+
+
+def app(page: str) -> AppTest:
+    return AppTest.from_file(str(ROOT / "dashboard" / f"{page}.py"), default_timeout=TIMEOUT)
+
+
+def ok(at: AppTest) -> AppTest:
+    """Assert the last run raised nothing and showed no error box."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def jpeg(color=(200, 40, 40), size=48) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), color, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def finished_run(source: Path, steps: int = 20) -> str:
+    """Train a tiny run (random weights, demo images) through a job and wait for it to finish."""
+    from dataclasses import asdict
+
+    from engine.pipeline import RunConfig
+    from engine.training import TrainConfig
+
+    config = RunConfig(source=str(source), weights="random", train=TrainConfig(steps=steps, batch_size=16))
+    job_id = jobs.start_job("retrain", asdict(config))
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        job = jobs.get_job(job_id)
+        if not job.active:
+            assert job.status == "finished", (job.status, job.error, jobs.job_log(job_id)[-2000:])
+            return job.run_id
+        time.sleep(0.5)
+    jobs.cancel_job(job_id, wait=True)
+    raise AssertionError("the retrain job did not finish in time")
+
+
+@pytest.fixture
+def demo_dir() -> Path:
+    return datasets.make_demo_dataset(num_classes=3, per_class=12, size=32)
+
+
+# -- smoke: every page renders ---------------------------------------------------------------------
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders(page):
+    at = ok(app(page).run())
+    assert at.title, "every page starts with a title"
+
+
+def test_router_lists_existing_pages_only():
+    source = (ROOT / "streamlit_app.py").read_text()
+    for page in PAGES:
+        assert f'"dashboard/{page}.py"' in source
+    assert "is_file()" in source  # pages not in this checkout (architectures) are left out
+
+
+def test_overview_shows_stack_and_concepts():
+    at = ok(app("overview").run())
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["TensorFlow"][0].isdigit()
+    assert "Runs in this lab" in labels
+    text = " ".join(m.value for m in at.markdown)
+    assert "GPUs visible to TensorFlow" in text
+    assert "14,197,122" in text and "21,841" in text and "1.28 million" in text
+    assert any("TensorRT" in w.value for w in at.warning) or any("TensorRT" in s.value for s in at.success)
+
+
+# -- Data ----------------------------------------------------------------------------------------------
+def test_data_demo_set_counts():
+    at = ok(app("data").run())
+    at.button[0].click().run()  # "Generate the demo set" (the default source)
+    ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Classes"] == "3"
+    assert int(metrics["Images"]) == 120
+    assert int(metrics["Train"]) + int(metrics["Validation"]) + int(metrics["Test"]) == 120
+    assert len(at.dataframe) >= 1  # per-class counts
+    assert at.session_state["dataset_path"].endswith("demo-3c-40x96px-s0")
+
+
+def test_data_zip_without_class_folders_is_refused():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("loose.jpg", jpeg())
+    at = app("data").run()
+    at.segmented_control[0].set_value("zip").run()
+    at.file_uploader[0].set_value(("loose.zip", buf.getvalue(), "application/zip")).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.error and "class" in at.error[0].value.lower()
+    assert "dataset_path" not in at.session_state
+
+
+def test_data_zip_of_class_folders_is_used():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for label, color in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+            for i in range(6):
+                zf.writestr(f"{label}/{i}.jpg", jpeg(color))
+        zf.writestr("red/broken.jpg", b"\xff\xd8 not really a jpeg")
+    at = app("data").run()
+    at.segmented_control[0].set_value("zip").run()
+    at.file_uploader[0].set_value(("colours.zip", buf.getvalue(), "application/zip")).run()
+    at.button[0].click().run()
+    ok(at)
+    assert {m.label: m.value for m in at.metric}["Images"] == "12"
+    assert any("Skipped 1 file" in w.value for w in at.warning)
+
+
+def test_data_per_class_upload_refuses_bad_files():
+    at = app("data").run()
+    at.segmented_control[0].set_value("per_class").run()
+    at.text_input(key="pc_label_0").set_value("cats")
+    at.text_input(key="pc_label_1").set_value("dogs")
+    at.file_uploader(key="pc_files_0").set_value(
+        [("a.jpg", jpeg((10, 10, 10)), "image/jpeg"), ("notes.txt", b"hello", "text/plain")]
+    )
+    at.file_uploader(key="pc_files_1").set_value([("b.jpg", jpeg((250, 250, 250)), "image/jpeg")])
+    at.run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("notes.txt" in w.value for w in at.warning)
+    assert any("cats: 1" in s.value and "dogs: 1" in s.value for s in at.success)
+    assert Path(at.session_state["dataset_path"]).name == "my-photos"
+
+
+# -- Train -------------------------------------------------------------------------------------------
+def test_train_starts_a_job_that_reaches_the_store(demo_dir):
+    at = app("train").run()
+    at.session_state["dataset_path"] = str(demo_dir)
+    at.run()
+    ok(at)
+    assert at.selectbox[0].value == str(demo_dir)
+    at.radio[0].set_value("random")
+    steps = next(n for n in at.number_input if n.label == "Training steps")
+    steps.set_value(20)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    ok(at)
+    job_id = at.session_state["train_job"]
+    assert jobs.get_job(job_id).kind == "retrain"
+    deadline = time.time() + 240
+    while jobs.get_job(job_id).active and time.time() < deadline:
+        at.run()  # what the fragment's polling does in a browser
+        assert not at.exception
+        time.sleep(1)
+    job = jobs.get_job(job_id)
+    assert job.status == "finished", (job.error, jobs.job_log(job_id)[-2000:])
+    at.run()
+    ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Test accuracy"].endswith("%")
+    run = RunStore().get_run(job.run_id)
+    assert run.status == "finished" and run.config["train"]["steps"] == 20
+    assert RunStore().get_history(run.id)
+
+
+def test_train_refresh_finds_the_running_job(demo_dir):
+    from dataclasses import asdict
+
+    from engine.pipeline import RunConfig
+    from engine.training import TrainConfig
+
+    config = RunConfig(source=str(demo_dir), weights="random", train=TrainConfig(steps=100_000))
+    job_id = jobs.start_job("retrain", asdict(config))
+    try:
+        at = ok(app("train").run())  # a new session: nothing in its session_state
+        assert at.session_state["train_job"] == job_id
+        assert any(b.label == "Cancel" for b in at.button)
+    finally:
+        jobs.cancel_job(job_id, wait=True)
+
+
+def test_train_shows_bad_settings_as_an_error(demo_dir):
+    at = app("train").run()
+    at.session_state["dataset_path"] = str(demo_dir)
+    at.run()
+    next(n for n in at.number_input if n.label == "Test %").set_value(60)
+    next(n for n in at.number_input if n.label == "Validation %").set_value(50)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception
+    assert at.error and "validation_percentage + testing_percentage" in at.error[0].value
+
+
+# -- Runs and Classify with a real run -------------------------------------------------------------------
+@pytest.fixture
+def run_id(demo_dir) -> str:
+    return finished_run(demo_dir)
+
+
+def test_runs_table_compare_and_delete(run_id):
+    at = ok(app("runs").run())
+    assert at.dataframe[0].value["id"].tolist() == [run_id]
+    assert at.multiselect(key="runs_compare").value  # the finished run is pre-selected
+    at.slider(key="runs_smoothing").set_value(0.9).run()
+    ok(at)
+    at.text_input(key="runs_search").set_value("no such run").run()
+    assert len(at.dataframe[0].value) == 0
+    at.button(key="confirm_delete").click().run()
+    assert not at.exception
+    assert RunStore().list_runs() == []
+    assert at.info and "No runs yet" in at.info[0].value
+
+
+def test_runs_page_without_runs():
+    at = ok(app("runs").run())
+    assert "No runs yet" in at.info[0].value
+
+
+def test_classify_with_a_run(run_id):
+    at = ok(app("classify").run())
+    assert at.selectbox(key="classify_run").value == run_id
+    at.file_uploader(key="classify_files").set_value(
+        [("red.jpg", jpeg((220, 20, 20)), "image/jpeg"), ("notes.txt", b"plain text", "text/plain")]
+    ).run()
+    assert not at.exception
+    assert any("notes.txt" in e.value and "not an image" in e.value for e in at.error)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Top-1"] in RunStore().get_run(run_id).results["class_names"]
+    assert metrics["Latency"].endswith("ms")
+
+
+def test_classify_imagenet_offline_is_a_readable_error():
+    at = app("classify").run()
+    at.segmented_control(key="classify_kind").set_value("imagenet").run()
+    at.file_uploader(key="classify_files").set_value(("red.jpg", jpeg(), "image/jpeg")).run()
+    assert not at.exception
+    assert at.error and "weights" in at.error[0].value.lower()
