@@ -358,7 +358,9 @@ def run_job(params: dict[str, Any], progress=None, cancel=None, store=None) -> d
     if params.get("compare", True):
         from engine import compare
 
-        done = [m["format"] for m in result["exports"]]
+        done = [m["format"] for m in result["exports"]] + list(
+            result["skipped"]
+        )  # skipped: rows with reasons
         report = compare.compare_formats(
             run_id, ["keras", *done], store=store, progress=progress, cancel=cancel
         )
