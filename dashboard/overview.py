@@ -68,11 +68,12 @@ with guard("Probing TensorFlow"):
     )
     trt = tensorrt_status(facts, tf_facts)
     if trt["available"]:
-        routes = ", ".join(name for name, ok in trt["routes"].items() if ok)
-        st.success(f"TensorRT can be used here ({routes}).", icon=":material/bolt:")
+        st.success(f"TensorRT can be used here: {trt['route']}.", icon=":material/bolt:")
     else:
         st.warning(
-            "**TensorRT cannot be used here.**\n\n" + "\n".join(f"- {reason}" for reason in trt["reasons"]),
+            "**TensorRT cannot be used here.**\n\n"
+            + "\n".join(f"- {reason}" for reason in trt["reasons"])
+            + f"\n\nRoute the lab would use: {trt['route']}.",
             icon=":material/block:",
         )
 

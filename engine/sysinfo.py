@@ -1,8 +1,9 @@
 """Facts about the machine the lab runs on: versions, CPU, GPUs, and whether TensorRT can be used.
 
 `basic_facts()` is instant (no TensorFlow import); `tensorflow_facts()` imports TensorFlow to ask
-which GPUs it sees and how it was built; `tensorrt_status()` combines both into a verdict with the
-exact reasons when TensorRT is unavailable. `environment()` returns everything as one JSON-able dict.
+which GPUs it sees and how it was built; `tensorrt_status()` takes engine.runtimes' verdict for the
+lab's TensorRT route and adds TensorFlow's view, giving the exact reasons when it is unavailable.
+`environment()` returns everything as one JSON-able dict.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import Any
 
 from engine import config
 
-# Python packages a TensorRT path needs, by route: TF-TRT (TensorRT inside TensorFlow) or
-# ONNX export then TensorRT / onnxruntime's TensorRT execution provider.
+# Python packages of the TensorRT routes (reported as facts; the verdict is engine.runtimes')
 _TRT_PACKAGES = ("tensorrt", "tf2onnx", "onnx", "onnxruntime")
 
 
@@ -103,7 +103,6 @@ def tensorflow_facts() -> dict[str, Any]:
     import keras
 
     return {
-        "onnxruntime_providers": onnxruntime_providers(),
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "gpus": gpus,
@@ -115,60 +114,32 @@ def tensorflow_facts() -> dict[str, Any]:
     }
 
 
-def onnxruntime_providers() -> list[str] | None:
-    """onnxruntime's execution providers (None when onnxruntime is not installed)."""
-    if not _installed("onnxruntime"):
-        return None
-    try:
-        import onnxruntime
-
-        return list(onnxruntime.get_available_providers())
-    except Exception:  # a broken install reports like a missing one
-        return None
-
-
 def tensorrt_status(basic: dict[str, Any], tf_facts: dict[str, Any] | None) -> dict[str, Any]:
     """Whether TensorRT can be used here, and if not, every reason why.
+
+    The verdict is the one of the route the lab really uses (ONNX -> ONNX Runtime's TensorRT
+    provider, `engine.runtimes`); TensorFlow's own view is added to the reasons.
 
     Args:
         basic: `basic_facts()`.
         tf_facts: `tensorflow_facts()`, or None when TensorFlow was not probed.
 
     Returns:
-        {"available": bool, "reasons": [str, ...], "routes": {route: bool}}.
+        {"available": bool, "reasons": [str, ...], "route": str}.
     """
-    reasons: list[str] = []
-    gpus = (tf_facts or {}).get("gpus", [])
-    if tf_facts is not None and not gpus:
-        if basic["nvidia_smi"]:
-            reasons.append("nvidia-smi exists but TensorFlow sees no GPU (driver or CUDA libraries missing)")
-        else:
-            reasons.append("no NVIDIA GPU: TensorFlow lists no GPU and there is no nvidia-smi")
-    if tf_facts is not None and not tf_facts["is_tensorrt_build"]:
-        reasons.append(
-            f"this TensorFlow {tf_facts['tensorflow_version']} wheel is built without TensorRT "
-            "(tf.sysconfig.get_build_info()['is_tensorrt_build'] is False), so TF-TRT is unavailable"
-        )
-    packages = basic["packages"]
-    missing = [name for name in _TRT_PACKAGES if not packages.get(name)]
-    if missing:
-        reasons.append("Python packages not installed: " + ", ".join(missing))
-    providers = (tf_facts or {}).get("onnxruntime_providers")
-    if providers is not None and "TensorrtExecutionProvider" not in providers:
-        reasons.append(
-            "onnxruntime is a build without the TensorRT execution provider (providers: "
-            + ", ".join(providers)
-            + ")"
-        )
-    tf_trt = bool(tf_facts and gpus and tf_facts["tensorrt_enabled"] and packages.get("tensorrt"))
-    onnx_trt = bool(
-        gpus and packages.get("tf2onnx") and packages.get("onnxruntime") and packages.get("tensorrt")
-    )
-    return {
-        "available": tf_trt or onnx_trt,
-        "reasons": reasons,
-        "routes": {"TF-TRT (inside TensorFlow)": tf_trt, "ONNX -> TensorRT": onnx_trt},
-    }
+    from engine import runtimes
+
+    status = runtimes.tensorrt_status()
+    reasons = list(status["missing"])
+    if tf_facts is not None:
+        if not tf_facts["gpus"] and runtimes.nvidia_gpu_visible():
+            reasons.append("an NVIDIA GPU is present but TensorFlow sees none (CUDA libraries or driver)")
+        if not tf_facts["is_tensorrt_build"]:
+            reasons.append(
+                f"TensorFlow {tf_facts['tensorflow_version']} is built without TensorRT "
+                "(tf.sysconfig.get_build_info()['is_tensorrt_build'] is False), so TF-TRT is not an option"
+            )
+    return {"available": status["available"], "reasons": reasons, "route": status["route"]}
 
 
 def environment(probe_tensorflow: bool = True) -> dict[str, Any]:

@@ -251,3 +251,72 @@ def test_classify_imagenet_offline_is_a_readable_error():
     at.file_uploader(key="classify_files").set_value(("red.jpg", jpeg(), "image/jpeg")).run()
     assert not at.exception
     assert at.error and "weights" in at.error[0].value.lower()
+
+
+# -- engine helpers the pages rely on (engine/uploads.py, engine/sysinfo.py) ---------------------------------
+def test_uploads_save_validate_and_never_overwrite():
+    from engine import uploads
+    from engine.errors import DatasetError, InvalidArgument
+
+    first = uploads.save_class_images(
+        "pets", {"cats": [("../../evil name?.jpg", jpeg())], "dogs": [("d.png", jpeg())]}
+    )
+    assert first.saved == {"cats": 1, "dogs": 1} and not first.refused
+    assert sorted(p.name for p in (first.folder / "cats").iterdir()) == ["evil_name.jpg"]
+    assert (first.folder / "dogs" / "d.png").is_file()  # the content decides the format, the name is kept
+    again = uploads.save_class_images(
+        "pets", {"cats": [("evil name?.jpg", jpeg((1, 2, 3))), ("x.txt", b"text")]}
+    )
+    assert sorted(p.name for p in (first.folder / "cats").iterdir()) == ["evil_name-2.jpg", "evil_name.jpg"]
+    assert again.refused and again.refused[0][0] == "x.txt" and "not an image" in again.refused[0][1]
+    with pytest.raises(DatasetError, match="No image was saved"):
+        uploads.save_class_images("pets", {"cats": [("bad.jpg", b"\xff\xd8broken")]})
+    with pytest.raises(InvalidArgument, match="class name"):
+        uploads.save_class_images("pets", {"../up": [("a.jpg", jpeg())]})
+    with pytest.raises(InvalidArgument, match="dataset name"):
+        uploads.save_class_images("../pets", {"cats": [("a.jpg", jpeg())]})
+    assert "uploads/pets" in uploads.stored_datasets()
+
+
+def test_sysinfo_basic_facts_do_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, engine.sysinfo as s; f = s.basic_facts(); "
+        "print(f['cpu_cores'] > 0, 'tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
+
+
+def test_sysinfo_tensorrt_status_gives_reasons():
+    from engine import sysinfo
+
+    basic = sysinfo.basic_facts()
+    tf_facts = {"gpus": [], "is_tensorrt_build": False, "tensorflow_version": "2.x"}
+    status = sysinfo.tensorrt_status(basic, tf_facts)
+    assert set(status) == {"available", "reasons", "route"}
+    assert any("TF-TRT" in reason for reason in status["reasons"])
+    if not status["available"]:
+        assert len(status["reasons"]) >= 2  # the route's own reasons plus TensorFlow's
+
+
+def test_pages_without_models_do_not_import_tensorflow(demo_dir):
+    """Data, Train and Runs render in a fresh process without TensorFlow being imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "for page in ('data', 'train', 'runs'):\n"
+        "    at = AppTest.from_file(f'dashboard/{page}.py', default_timeout=60)\n"
+        f"    at.session_state['dataset_path'] = {str(demo_dir)!r}\n"
+        "    at.run()\n"
+        "    assert not at.exception, (page, at.exception)\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
