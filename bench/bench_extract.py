@@ -3,19 +3,24 @@
 Work: the 200 flower JPEGs of ../shared/assets/flower_photos_small_set through mobilenet_0.25_224
 (ImageNet weights when ../shared/assets/keras_weights has them, else random: same cost). Measured in
 this one run, interleaved per round, after a warm-up (model built and traced once, as in a worker):
-  decode   the engine's own tf.data decode + resize pipeline alone (dataset built outside the clock)
-  forward  the engine's compiled forward function on pre-decoded batches
-  limit    1 / (1/decode + 1/forward): decoding then running the model, each with all the cores
-  engine   extract_features with an empty cache (hashing, lookup, pipeline, model, cache writes)
+  decode     the engine's own tf.data decode + resize pipeline alone (dataset built outside the clock)
+  forward    the engine's compiled forward function on pre-decoded batches
+  limit      1 / (1/decode + 1/forward): decoding, then running the model, each with all the cores
+  engine     extract_features on scanned records with an empty cache (hashing, lookup, pipeline,
+             model, cache writes)
   per-image  retrain.py's way: decode one image, call the model on a batch of 1, for each image;
              "model()" calls the Keras model directly (judged), "compiled" calls the engine's
              tf.function, the analogue of retrain.py's sess.run (printed for information: a
              batch-1 forward of this small model costs only ~2.5x a batched one, so no batching
              can be 15x faster than it)
-Targets (issue 2): engine >= 0.85 x limit, engine >= 15 x per-image. The machine is shared and
-noisy, so every round is printed and targets are judged on the median round.
+Targets (issue 2): engine >= 0.85 x limit, engine >= 15 x per-image model() calls.
 
-    python bench/bench_extract.py [--rounds 5] [--batch-size 32] [--json]
+The machine is shared: every measurement also records the CPU other processes used meanwhile
+(from /proc/stat). A round is "quiet" when they used under 10% of the machine during each of its
+measurements; targets are judged on the median of quiet rounds when there are at least two, and
+on all rounds otherwise. CPU milliseconds per image are printed too: they barely move with load.
+
+    python bench/bench_extract.py [--rounds 7] [--batch-size 32] [--sweep] [--intra N --inter N] [--json]
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ FLOWERS = ASSETS / "flower_photos_small_set"
 WEIGHTS = ASSETS / "keras_weights" / "mobilenet_2_5_224_tf_no_top.h5"
 BACKBONE = "mobilenet_0.25_224"
 LIMIT_TARGET, PER_IMAGE_TARGET = 0.85, 15.0
+QUIET = 0.10  # largest share of the machine other processes may use during a quiet measurement
+CORES = len(os.sched_getaffinity(0))
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def setup(tmp: Path) -> str:
@@ -53,19 +61,24 @@ def setup(tmp: Path) -> str:
     return "random"
 
 
-_LAST_CPU_MS = [0.0]  # CPU milliseconds per image of the last `rate` call (all threads of this process)
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICK
 
 
-def rate(images: int, fn) -> float:
-    """Images per second of `fn()`, which processes `images` images; records its CPU cost too."""
-    cpu, wall = time.process_time(), time.perf_counter()
+def measure(images: int, fn) -> dict:
+    """Run `fn()` (which processes `images` images) once: rate, our CPU cost, others' CPU share."""
+    busy, cpu, wall = busy_seconds(), time.process_time(), time.perf_counter()
     fn()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    _LAST_CPU_MS[0] = cpu / images * 1000
-    return images / wall
+    wall, cpu, busy = time.perf_counter() - wall, time.process_time() - cpu, busy_seconds() - busy
+    others = max(0.0, busy - cpu) / (wall * CORES)
+    return {"rate": images / wall, "cpu_ms": cpu / images * 1000, "others": others}
 
 
-def make_measures(weights: str, batch_size: int, tmp: Path, sweep: bool = False):
+def make_measures(weights: str, batch_size: int, tmp: Path, sweep: bool = False) -> dict:
     import tensorflow as tf
 
     from engine import datasets, features
@@ -81,33 +94,33 @@ def make_measures(weights: str, batch_size: int, tmp: Path, sweep: bool = False)
 
     def decode():
         ds = features.decode_dataset(paths, flags, size, batch_size)
-        return rate(len(paths), lambda: [None for _ in ds])
+        return measure(len(paths), lambda: [None for _ in ds])
 
     def forward():
-        return rate(len(paths), lambda: [extractor.forward(b).numpy() for b in decoded])
+        return measure(len(paths), lambda: [extractor.forward(b).numpy() for b in decoded])
 
     def engine(settings=None, batch=batch_size):
         cache = features.FeatureCache(tmp / f"cache{next(caches)}")  # empty every time
         default, features.SETTINGS = features.SETTINGS, settings or features.SETTINGS
         try:
-            speed = rate(
+            result = measure(
                 len(paths),
                 lambda: features.extract_features(records, BACKBONE, weights, batch_size=batch, cache=cache),
             )
         finally:
             features.SETTINGS = default
         assert cache.count() == len(paths)
-        return speed
+        return result
 
     def decode_one(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return features._resize(image, size)[None]  # the same decode + resize, one image at a time
 
-    def per_image_compiled():  # retrain.py's sess.run per image: a compiled call per image
-        return rate(len(few), lambda: [extractor.forward(decode_one(p)).numpy() for p in few])
-
     def per_image_call():  # Keras 3's direct way: model(batch of one) per image
-        return rate(len(few), lambda: [extractor.model(decode_one(p)).numpy() for p in few])
+        return measure(len(few), lambda: [extractor.model(decode_one(p)).numpy() for p in few])
+
+    def per_image_compiled():  # retrain.py's sess.run per image: a compiled call per image
+        return measure(len(few), lambda: [extractor.forward(decode_one(p)).numpy() for p in few])
 
     if sweep:
         return {"decode": decode, "forward": forward, **sweep_measures(engine)}
@@ -146,19 +159,6 @@ def sweep_measures(engine) -> dict:
     return measures
 
 
-def summarize(rows: list[dict], key: str) -> dict:
-    return summarize_values([r[key] for r in rows])
-
-
-def verdict(name: str, stats: dict, target: float) -> bool:
-    ok = stats["median"] >= target
-    print(
-        f"{'PASS' if ok else 'FAIL'} {name}: median {stats['median']:.2f} "
-        f"(min {stats['min']:.2f}, max {stats['max']:.2f}), target >= {target}"
-    )
-    return ok
-
-
 def set_threads(intra: int, inter: int) -> None:
     """TensorFlow's global pools (0 = its default, one thread per core); only before first use."""
     import tensorflow as tf
@@ -170,73 +170,114 @@ def set_threads(intra: int, inter: int) -> None:
 
 
 def run_rounds(measures: dict, rounds: int) -> list[dict]:
+    """Each round: every measure once. A row: rate (img/s), cpu_ms, others per measure, limit, quiet."""
     rows = []
     for r in range(rounds):
-        row, cpu = {}, {}
-        for name, fn in measures.items():
-            row[name] = fn()  # images per second
-            cpu[name] = _LAST_CPU_MS[0]
-        row["limit"] = 1 / (1 / row["decode"] + 1 / row["forward"])
-        row["cpu_ms_per_image"] = cpu
+        results = {name: fn() for name, fn in measures.items()}
+        row = {
+            "rate": {k: v["rate"] for k, v in results.items()},
+            "cpu_ms": {k: v["cpu_ms"] for k, v in results.items()},
+            "others": {k: v["others"] for k, v in results.items()},
+        }
+        row["limit"] = 1 / (1 / row["rate"]["decode"] + 1 / row["rate"]["forward"])
+        row["quiet"] = max(row["others"].values()) < QUIET
         rows.append(row)
         print(
-            f"round {r + 1}: decode {row['decode']:5.0f}  forward {row['forward']:5.0f}  "
-            f"limit {row['limit']:5.0f}  "
-            + "  ".join(f"{k} {row[k]:.0f}" for k in measures if k not in ("decode", "forward"))
-            + " img/s",
+            f"round {r + 1} ({'quiet' if row['quiet'] else 'busy'}, others used up to "
+            f"{max(row['others'].values()):.0%}): limit {row['limit']:.0f} img/s",
             flush=True,
         )
-        print("         CPU ms/img: " + "  ".join(f"{k} {v:.2f}" for k, v in cpu.items()), flush=True)
+        for k in measures:
+            print(
+                f"   {k:38s} {row['rate'][k]:6.0f} img/s  {row['cpu_ms'][k]:6.2f} CPU ms/img  "
+                f"others {row['others'][k]:4.0%}",
+                flush=True,
+            )
     return rows
 
 
+def stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def judged(rows: list[dict]) -> tuple[list[dict], str]:
+    quiet = [r for r in rows if r["quiet"]]
+    if len(quiet) >= 2:
+        return quiet, f"{len(quiet)} quiet rounds of {len(rows)}"
+    return rows, f"all {len(rows)} rounds (fewer than 2 were quiet)"
+
+
+def verdict(name: str, values: list[float], target: float, basis: str) -> bool:
+    s = stats(values)
+    ok = s["median"] >= target
+    print(
+        f"{'PASS' if ok else 'FAIL'} {name}: median {s['median']:.2f} "
+        f"(min {s['min']:.2f}, max {s['max']:.2f}; {basis}), target >= {target}"
+    )
+    return ok
+
+
 def report_targets(rows: list[dict]) -> tuple[bool, dict]:
-    for row in rows:
-        row["vs_limit"] = row["engine"] / row["limit"]
-        row["vs_call"] = row["engine"] / row["per_image_call"]
-        row["vs_compiled"] = row["engine"] / row["per_image_compiled"]
-    print("per round engine/limit: " + ", ".join(f"{r['vs_limit']:.2f}" for r in rows))
-    print("per round engine/per-image model(): " + ", ".join(f"{r['vs_call']:.1f}" for r in rows))
-    print("per round engine/per-image compiled: " + ", ".join(f"{r['vs_compiled']:.1f}" for r in rows))
-    summary = {key: summarize(rows, key) for key in ("engine", "limit", "vs_limit", "vs_call", "vs_compiled")}
-    cpu = {k: statistics.median(r["cpu_ms_per_image"][k] for r in rows) for k in rows[0]["cpu_ms_per_image"]}
-    summary["cpu_ms_per_image"] = cpu
+    ratios = {
+        "engine/limit": lambda r: r["rate"]["engine"] / r["limit"],
+        "engine/per-image model()": lambda r: r["rate"]["engine"] / r["rate"]["per_image_call"],
+        "engine/per-image compiled": lambda r: r["rate"]["engine"] / r["rate"]["per_image_compiled"],
+    }
+    for name, fn in ratios.items():
+        print(f"per round {name}: " + ", ".join(f"{fn(r):.2f}{'' if r['quiet'] else '*'}" for r in rows))
+    print("(* = busy round: other processes used >= 10% of the machine during one of its measurements)")
+    cpu = {k: statistics.median(r["cpu_ms"][k] for r in rows) for k in rows[0]["cpu_ms"]}
     print(
         f"median CPU ms/img: decode {cpu['decode']:.2f} + forward {cpu['forward']:.2f} = "
         f"{cpu['decode'] + cpu['forward']:.2f}; engine {cpu['engine']:.2f} "
-        f"(engine / sum {cpu['engine'] / (cpu['decode'] + cpu['forward']):.2f}x; "
-        "CPU time is less noisy than wall time)"
+        f"(x{cpu['engine'] / (cpu['decode'] + cpu['forward']):.2f}); per-image model() "
+        f"{cpu['per_image_call']:.2f}, compiled {cpu['per_image_compiled']:.2f}"
     )
-    ok = verdict("engine / limit", summary["vs_limit"], LIMIT_TARGET)
-    ok &= verdict("engine / per-image model() calls", summary["vs_call"], PER_IMAGE_TARGET)
-    verdict("engine / per-image compiled calls (informative)", summary["vs_compiled"], PER_IMAGE_TARGET)
-    return ok, summary
+    basis_rows, basis = judged(rows)
+    print(
+        f"engine {statistics.median(r['rate']['engine'] for r in basis_rows):.0f} img/s, "
+        f"limit {statistics.median(r['limit'] for r in basis_rows):.0f} img/s (medians, {basis})"
+    )
+    ok = verdict("engine / limit", [ratios["engine/limit"](r) for r in basis_rows], LIMIT_TARGET, basis)
+    ok &= verdict(
+        "engine / per-image model() calls",
+        [ratios["engine/per-image model()"](r) for r in basis_rows],
+        PER_IMAGE_TARGET,
+        basis,
+    )
+    verdict(
+        "engine / per-image compiled calls (informative)",
+        [ratios["engine/per-image compiled"](r) for r in basis_rows],
+        PER_IMAGE_TARGET,
+        basis,
+    )
+    summary = {name: stats([fn(r) for r in basis_rows]) for name, fn in ratios.items()}
+    return ok, {"basis": basis, "ratios": summary, "cpu_ms_per_image": cpu}
 
 
 def report_sweep(rows: list[dict]) -> dict:
-    names = [k for k in rows[0] if k not in ("decode", "forward", "limit", "cpu_ms_per_image")]
+    basis_rows, basis = judged(rows)
+    names = [k for k in rows[0]["rate"] if k not in ("decode", "forward")]
+    print(f"variant: median img/s, median / limit (min..max), median CPU ms/img  [{basis}]")
     summary = {}
-    print("variant: median img/s, median / limit (min..max over rounds)")
     for name in names:
-        ratios = [r[name] / r["limit"] for r in rows]
+        ratio = stats([r["rate"][name] / r["limit"] for r in basis_rows])
         summary[name] = {
-            "images_per_second": statistics.median(r[name] for r in rows),
-            **summarize_values(ratios),
+            "images_per_second": statistics.median(r["rate"][name] for r in basis_rows),
+            "cpu_ms_per_image": statistics.median(r["cpu_ms"][name] for r in rows),
+            "vs_limit": ratio,
         }
+        v = summary[name]
         print(
-            f"  {name:38s} {summary[name]['images_per_second']:5.0f}  {summary[name]['median']:.2f} "
-            f"({summary[name]['min']:.2f}..{summary[name]['max']:.2f})"
+            f"  {name:38s} {v['images_per_second']:5.0f}  {ratio['median']:.2f} "
+            f"({ratio['min']:.2f}..{ratio['max']:.2f})  {v['cpu_ms_per_image']:.2f}"
         )
-    return summary
-
-
-def summarize_values(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {"basis": basis, "variants": summary}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sweep", action="store_true", help="compare pipeline settings and batch sizes")
     parser.add_argument("--intra", type=int, default=0, help="TensorFlow intra-op threads (0: default)")
@@ -255,10 +296,9 @@ def main() -> int:
         for fn in measures.values():  # warm-up: model traced, file cache, allocator
             fn()
         print(
-            f"{BACKBONE} ({weights} weights) on the flower photos, batch {args.batch_size}, "
-            f"{len(os.sched_getaffinity(0))} cores, intra/inter-op threads {args.intra or 'default'}/"
-            f"{args.inter or 'default'}, warm-up {time.perf_counter() - t0:.1f} s, "
-            f"load average {os.getloadavg()[0]:.2f}"
+            f"{BACKBONE} ({weights} weights) on the flower photos, batch {args.batch_size}, {CORES} cores, "
+            f"intra/inter-op threads {args.intra or 'default'}/{args.inter or 'default'}, "
+            f"warm-up {time.perf_counter() - t0:.1f} s, load average {os.getloadavg()[0]:.2f}"
         )
         rows = run_rounds(measures, args.rounds)
     print(f"load average after: {os.getloadavg()[0]:.2f} (other processes share these cores)")
