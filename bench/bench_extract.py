@@ -142,8 +142,9 @@ def sweep_measures(engine) -> dict:
     variants = {
         "engine": {},
         "naive (tf.data defaults, AUTOTUNE)": dict(
-            decode_threads=-1, private_pool=0, op_threads=0, prefetch=-1
+            decode_threads=-1, private_pool=0, op_threads=0, prefetch=-1, autotune=True
         ),
+        "autotune thread on": dict(autotune=True),
         "shared inter-op pool": dict(private_pool=0),
         "op fan-out (intra-op default)": dict(op_threads=0),
         "1 decoder": dict(decode_threads=1, private_pool=1),

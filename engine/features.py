@@ -232,12 +232,17 @@ def _cores() -> int:
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """Threading of the decode pipeline (bench/bench_extract.py --sweep measures the choices)."""
+    """Threading of the decode pipeline; `bench/bench_extract.py --sweep` measures the choices.
+
+    On 2 cores (quiet rounds, x the decode+forward limit): these defaults 1.00; autotuning on 0.53
+    in about half the runs (the iterator-deletion stall); 1 decoder 0.91; op fan-out 0.97; shared
+    pool or 4 decoders within noise of the defaults; batch 8 0.84, 16 0.96, 64 1.01, 128 0.98.
+    """
 
     # images decoded at once (map's num_parallel_calls); -1 = tf.data AUTOTUNE
     decode_threads: int = field(default_factory=_cores)
-    # a thread pool only the decoders use, so they never queue behind the model's inter-op work;
-    # 0 = share TensorFlow's global inter-op pool
+    # a thread pool only the decoders use, so they never queue behind the model's inter-op work
+    # (no measurable gain on 2 cores, a safeguard on more); 0 = share TensorFlow's inter-op pool
     private_pool: int = field(default_factory=_cores)
     # threads one decode/resize may fan out to; 1 because parallelism comes from decoding several
     # images at once, and op-level fan-out would fight the model's intra-op threads; 0 = default
@@ -245,7 +250,7 @@ class PipelineSettings:
     # batches decoded ahead of the model; -1 = AUTOTUNE (grows buffers, costs memory, no speed here)
     prefetch: int = 2
     # tf.data's autotuning thread; off because the sizes above are fixed, and with it on, deleting
-    # the iterator waits up to ~0.6 s for that thread (measured: a third of a 200-image extraction)
+    # the iterator waits up to ~0.6 s for that thread (nearly as long as a 200-image extraction)
     autotune: bool = False
 
 
