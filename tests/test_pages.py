@@ -320,3 +320,32 @@ def test_pages_without_models_do_not_import_tensorflow(demo_dir):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_data_download_offline_is_a_readable_error(monkeypatch):
+    from engine import sources
+
+    # offline whatever the host, so this never starts a 218 MB download
+    monkeypatch.setattr(sources, "network_available", lambda *a, **k: False)
+    at = app("data").run()
+    at.segmented_control[0].set_value("flowers").run()
+    next(b for b in at.button if "flowers" in b.label).click().run()
+    assert not at.exception
+    assert at.error and "cannot download flower_photos" in at.error[0].value.lower()
+
+
+def test_classify_camera_photo(run_id):
+    at = ok(app("classify").run())
+    at.toggle[0].set_value(True).run()
+    at.camera_input(key="classify_camera").set_value(("camera.jpg", jpeg((20, 200, 20)), "image/jpeg")).run()
+    ok(at)
+    assert {m.label for m in at.metric} >= {"Top-1", "Latency"}
+
+
+def test_streamlit_keeps_the_keras_session_between_runs():
+    """dashboard.cache stops Streamlit's per-run keras clear_session (it empties TF's kernel cache)."""
+    from streamlit.runtime.scriptrunner import script_runner
+
+    import dashboard.cache  # noqa: F401  (applies the change on import)
+
+    assert getattr(script_runner._clean_problem_modules, "keeps_keras", False)

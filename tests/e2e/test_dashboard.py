@@ -71,8 +71,13 @@ def flowers_zip(flowers: Path, folder: Path) -> Path:
     return path
 
 
-def train(page, steps: int, learning_rate: str, name: str, screenshot=None, shot_name: str = "") -> dict:
-    """Start a run from the Train page and follow it until its results show."""
+def train(
+    page, steps: int, learning_rate: str, name: str, screenshot=None, shot_name: str = "", while_running=None
+) -> dict:
+    """Start a run from the Train page and follow it until its results show.
+
+    `while_running(name)` is called once, the first time the live view shows the job running.
+    """
     page.get_by_label("Training steps").fill(str(steps))
     page.get_by_label("Learning rate").fill(learning_rate)
     page.get_by_label("Run name (optional)").fill(name)
@@ -90,6 +95,9 @@ def train(page, steps: int, learning_rate: str, name: str, screenshot=None, shot
         if done and not running and main.get_by_text(name).count():
             break
         bars = main.locator("[data-testid=stProgress]")
+        if running and while_running is not None:
+            while_running(name)
+            while_running = None
         if running and bars.count():
             seen["phases"].add(bars.first.inner_text().split("·")[0].strip())
             traces = plot_traces(page)
@@ -165,7 +173,32 @@ def test_train_two_runs(page, screenshot):
     assert min(plot_traces(page)[:2]) >= 2  # accuracy and cross-entropy, train and validation
     screenshot(page, "05_train_done")
 
-    second = train(page, 2000, "0.005", "e2e lr=0.005", screenshot, "06_train_running")
+    def second_tab_finds_the_job(name: str) -> None:
+        # another browser session (no shared session state) opens Train and follows the same job
+        other = page.context.browser.new_context(viewport={"width": 1440, "height": 1000})
+        try:
+            tab = other.new_page()
+            tab.goto(page.url.rsplit("/", 1)[0] + "/train")
+            try:
+                tab.locator("[data-testid=stMain]").get_by_text(name).first.wait_for(timeout=30_000)
+                tab.locator("[data-testid=stMain] button", has_text="Cancel").first.wait_for(timeout=60_000)
+            finally:
+                screenshot(tab, "06b_train_second_tab", full=False)
+            seen_elsewhere.append(name)
+        finally:
+            other.close()
+
+    seen_elsewhere: list[str] = []
+    second = train(
+        page,
+        4000,
+        "0.005",
+        "e2e lr=0.005",
+        screenshot,
+        "06_train_running",
+        while_running=second_tab_finds_the_job,
+    )
+    assert seen_elsewhere == ["e2e lr=0.005"]
     no_exception(page)
     assert metric(page, "Test accuracy").endswith("%")
     assert metric(page, "Bottleneck cache hits") == "200 of 200", "the second run must reuse every bottleneck"
@@ -183,6 +216,10 @@ def test_runs_compare(page, screenshot):
     traces = plot_traces(page)
     assert traces[0] >= 4  # two runs, raw + smoothed each
     screenshot(page, "08_runs")
+    with page.expect_download() as download:
+        button(page, "Download model.keras").click()
+    assert download.value.suggested_filename.endswith(".keras")
+    assert Path(download.value.path()).stat().st_size > 100_000  # backbone + head, loadable elsewhere
 
 
 def test_classify_daisy_and_bad_upload(page, screenshot, assets, tmp_path):
