@@ -261,8 +261,7 @@ def top_k(frame: pd.DataFrame, title: str = "Top-5") -> go.Figure:
         )
     )
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(margin={"l": 140, "r": 20, "t": 50, "b": 50})
+    fig.update_yaxes(autorange="reversed", title_standoff=12)  # automargin makes room for long labels
     return fig
 
 

@@ -88,9 +88,11 @@ for start in range(0, len(cards), 3):
                 st.caption(f"Source: {card['source']}")
 
 st.subheader("Backbones in the registry")
+table = pd.DataFrame(cache.backbone_table())
 st.dataframe(
-    pd.DataFrame(cache.backbone_table()),
+    table,
     hide_index=True,
+    height=35 * (len(table) + 1) + 3,  # every backbone at once, no inner scrolling
     column_config={
         "weights cached": st.column_config.CheckboxColumn("ImageNet weights cached"),
         "year": st.column_config.NumberColumn(format="%d"),

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+PlaywrightTimeout = pytest.importorskip("playwright.sync_api", reason="e2e needs playwright").TimeoutError
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 TRAIN_TIMEOUT_MS = 300_000
@@ -63,6 +65,14 @@ def plot_traces(page) -> list[int]:
     )
 
 
+def _text_now(locator) -> str | None:
+    """The first match's text if it is there right now, else None (no waiting)."""
+    try:
+        return locator.first.inner_text(timeout=500) if locator.count() else None
+    except PlaywrightTimeout:
+        return None
+
+
 def flowers_zip(flowers: Path, folder: Path) -> Path:
     path = folder / "flowers-small.zip"
     with zipfile.ZipFile(path, "w") as zf:
@@ -98,12 +108,13 @@ def train(
         if running and while_running is not None:
             while_running(name)
             while_running = None
-        if running and bars.count():
-            seen["phases"].add(bars.first.inner_text().split("·")[0].strip())
+        text = _text_now(bars) if running else None  # the live view is redrawn every second
+        if text is not None:
+            seen["phases"].add(text.split("·")[0].strip())
             traces = plot_traces(page)
             if traces and max(traces) >= 2:
                 seen["live_curves"] += 1
-                training = bars.first.inner_text().startswith("Training the head")
+                training = text.startswith("Training the head")
                 if screenshot and not shot_taken and training:
                     screenshot(page, shot_name, full=False)
                     shot_taken = True
@@ -216,6 +227,11 @@ def test_runs_compare(page, screenshot):
     traces = plot_traces(page)
     assert traces[0] >= 4  # two runs, raw + smoothed each
     screenshot(page, "08_runs")
+    page.get_by_role("tab", name="Misclassified test images").click()
+    page.wait_for_timeout(500)
+    gallery = page.locator("[data-testid=stTabs] [data-testid=stImage] img")
+    assert gallery.count() >= 1  # 68% test accuracy leaves misclassified images to show
+    screenshot(page, "08b_runs_misclassified")
     with page.expect_download() as download:
         button(page, "Download model.keras").click()
     assert download.value.suggested_filename.endswith(".keras")
