@@ -152,7 +152,9 @@ with form_col, st.container(border=True):
     options = source_options()
     source = st.selectbox("Dataset", list(options), format_func=options.get)
     names = backbones.list_backbones()
-    architecture = st.selectbox("Backbone", names, index=names.index(backbones.DEFAULT_BACKBONE))
+    # the Architectures page hands over a backbone and a freezing depth through session_state
+    preset = st.session_state.get("train_architecture") or backbones.DEFAULT_BACKBONE
+    architecture = st.selectbox("Backbone", names, index=names.index(preset) if preset in names else 0)
     weights = st.radio(
         "Weights",
         ["imagenet", "random"],
@@ -161,7 +163,7 @@ with form_col, st.container(border=True):
     )
     c1, c2 = st.columns(2)
     learning_rate = c1.number_input("Learning rate", 0.0001, 10.0, 0.01, step=0.005, format="%.4f")
-    steps = c2.number_input("Training steps", 1, 100_000, 500, step=100)
+    steps = c2.number_input("Training steps", 1, 100_000, 4000, step=100)
     batch_size = c1.number_input("Batch size", 1, 10_000, 100, step=10)
     eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, 10)
     validation = c1.number_input("Validation %", 0, 90, st.session_state.get("validation_percentage", 10))
@@ -170,7 +172,11 @@ with form_col, st.container(border=True):
         optimizer = st.radio("Optimizer", ["sgd", "adam"], horizontal=True)
         seed = st.number_input("Seed", 0, 2**31 - 1, 0)
         fine_tune_layers = st.number_input(
-            "Fine-tune: unfreeze top layers", 0, 500, 0, help="0 trains the head only (fast, uses the cache)"
+            "Fine-tune: unfreeze top layers",
+            0,
+            500,
+            int(st.session_state.get("train_fine_tune_layers") or 0),
+            help="0 trains the head only (fast, uses the cache)",
         )
         fine_tune_steps = st.number_input("Fine-tune steps", 1, 100_000, 100)
         flip = st.checkbox("Distort: flip left-right")

@@ -207,6 +207,16 @@ def test_train_shows_bad_settings_as_an_error(demo_dir):
     assert at.error and "validation_percentage + testing_percentage" in at.error[0].value
 
 
+def test_train_takes_the_architectures_page_handoff():
+    """Architectures' "Use on Train" leaves a backbone and freezing depth in session_state."""
+    at = app("train")
+    at.session_state["train_architecture"] = "inception_v3"
+    at.session_state["train_fine_tune_layers"] = 3
+    ok(at.run())
+    assert next(s for s in at.selectbox if s.label == "Backbone").value == "inception_v3"
+    assert next(n for n in at.number_input if n.label.startswith("Fine-tune: unfreeze")).value == 3
+
+
 # -- Runs and Classify with a real run -------------------------------------------------------------------
 @pytest.fixture
 def run_id(demo_dir) -> str:
