@@ -20,12 +20,13 @@ def short_label(run) -> str:
     return f"{run.name} #{run.id[-4:]}"
 
 
-def run_row(run) -> dict:
+def run_row(run, experiments: dict[str, str]) -> dict:
     cfg, res = run.config, run.results
     train = cfg.get("train", {})
     final = res.get("final", {})
     return {
         "name": run.name,
+        "experiment": experiments.get(run.experiment_id) if run.experiment_id else None,
         "status": run.status,
         "test accuracy": res.get("test_accuracy"),
         "validation accuracy": final.get("validation_accuracy"),
@@ -55,15 +56,17 @@ st.title(":material/table_chart: Runs")
 
 with guard("Reading runs"):
     runs = cache.store().list_runs()
+    experiment_names = {e.id: f"{e.name} ({e.kind})" for e in cache.store().list_experiments()}
 if not runs:
     st.info("No runs yet: train one on the Train page.", icon=":material/info:")
     st.stop()
 
-table = pd.DataFrame([run_row(r) for r in runs])
-f1, f2, f3 = st.columns([2, 1, 1])
+table = pd.DataFrame([run_row(r, experiment_names) for r in runs])
+f1, f2, f3, f4 = st.columns([2, 1, 1, 1])
 search = f1.text_input("Filter by name or id", key="runs_search", placeholder="e.g. mobilenet or lr=0.01")
 statuses = f2.multiselect("Status", sorted(table["status"].unique()), key="runs_status")
 archs = f3.multiselect("Architecture", sorted(table["architecture"].dropna().unique()), key="runs_arch")
+groups = f4.multiselect("Experiment", sorted(table["experiment"].dropna().unique()), key="runs_experiment")
 shown = table
 if search:
     needle = search.lower()
@@ -72,6 +75,8 @@ if search:
     ]
 if statuses:
     shown = shown[shown["status"].isin(statuses)]
+if groups:
+    shown = shown[shown["experiment"].isin(groups)]
 if archs:
     shown = shown[shown["architecture"].isin(archs)]
 st.dataframe(
@@ -112,7 +117,7 @@ if chosen:
         else pd.DataFrame()
     )
     plot(charts.compare_curves(histories, metric, split, smoothing), key="compare_curves")
-    summary = pd.DataFrame([{**run_row(r), "run": short_label(r)} for r in selected])
+    summary = pd.DataFrame([{**run_row(r, experiment_names), "run": short_label(r)} for r in selected])
     left, right = st.columns(2)
     with left:
         plot(

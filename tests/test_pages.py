@@ -359,3 +359,22 @@ def test_streamlit_keeps_the_keras_session_between_runs():
     import dashboard.cache  # noqa: F401  (applies the change on import)
 
     assert getattr(script_runner._clean_problem_modules, "keeps_keras", False)
+
+
+def test_runs_page_groups_experiment_runs():
+    store = RunStore()
+    exp = store.create_experiment("lr_race", "flowers race")
+    for rate in (0.01, 1.0):
+        run = store.create_run(
+            {"architecture": "mobilenet_0.25_224", "train": {"learning_rate": rate}},
+            name=f"lr={rate}",
+            experiment_id=exp,
+        )
+        store.finish_run(run.id, {"test_accuracy": 0.5})
+    store.finish_run(store.create_run({"architecture": "inception_v3"}, name="alone").id, {})
+    at = ok(app("runs").run())
+    choice = next(m for m in at.multiselect if m.label == "Experiment")
+    assert choice.options == ["flowers race (lr_race)"]
+    ok(choice.select("flowers race (lr_race)").run())
+    shown = at.dataframe[0].value
+    assert sorted(shown["name"]) == ["lr=0.01", "lr=1.0"]
