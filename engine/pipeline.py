@@ -294,7 +294,7 @@ def train_and_save(config, prepared: Bottlenecks, store, run_id, phases, progres
             }
     with phases("save"):
         emit(progress, "save", 0, 1, "Saving the classifier")
-        _save_artifacts(store.run_dir(run_id), config, data, head, tuned, history, results, feats)
+        _save_artifacts(store.run_dir(run_id), config, data, head, tuned)
     shared = {k: v for k, v in prepared.phases.items() if k not in phases.seconds}
     results.update(
         {
@@ -307,6 +307,8 @@ def train_and_save(config, prepared: Bottlenecks, store, run_id, phases, progres
     )
     if shared:  # scan and extraction done once for several runs (an experiment)
         results["shared_phases"] = shared
+    _write_json(store.run_dir(run_id) / "metrics.json", {"history": history, "results": results})
+    _write_json(store.run_dir(run_id) / "environment.json", store.get_run(run_id).environment)
     store.finish_run(run_id, results, status="finished")
     emit(progress, "save", 1, 1, f"Run {run_id} finished", run_id=run_id)
     return RunSummary(
@@ -373,7 +375,12 @@ def build_classifier(architecture: str, weights: str, kernel, bias, seed: int = 
     return keras.Model(extractor.input, outputs, name=f"classifier_{architecture}")
 
 
-def _save_artifacts(folder: Path, config, data, head, tuned, history, results, feats) -> None:
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=float))
+
+
+def _save_artifacts(folder: Path, config, data, head, tuned) -> None:
+    """The model, its class names and the config; metrics and environment follow once complete."""
     folder.mkdir(parents=True, exist_ok=True)
     model = (
         tuned.model
@@ -384,9 +391,7 @@ def _save_artifacts(folder: Path, config, data, head, tuned, history, results, f
     )
     model.save(folder / "model.keras")
     (folder / "labels.txt").write_text("\n".join(data.classes) + "\n")
-    (folder / "config.json").write_text(json.dumps(asdict(config), indent=2))
-    metrics = {"history": history, "results": results, "cache": feats.stats.as_dict()}
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    _write_json(folder / "config.json", asdict(config))
 
 
 def run_job(params: dict[str, Any], progress=None, cancel=None, store=None) -> dict[str, Any]:

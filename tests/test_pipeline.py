@@ -51,8 +51,12 @@ def test_second_run_extracts_nothing(shared_home, flowers_dir):
 def test_run_folder_is_portable_and_classifies_a_daisy(shared_home, sample_images_dir):
     run = next(r for r in RunStore().list_runs() if r.status == "finished")
     folder = RunStore().run_dir(run.id)
-    for name in ("model.keras", "labels.txt", "config.json", "metrics.json"):
+    for name in ("model.keras", "labels.txt", "config.json", "metrics.json", "environment.json"):
         assert (folder / name).is_file(), name
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["results"]["test_accuracy"] == run.results["test_accuracy"]
+    assert metrics["results"]["cache"]["hits"] + metrics["results"]["cache"]["misses"] == 200
+    assert "tensorflow" in json.loads((folder / "environment.json").read_text())
     assert json.loads((folder / "config.json").read_text())["architecture"] == "mobilenet_0.25_224"
     model = keras.saving.load_model(folder / "model.keras", safe_mode=True, compile=False)
     assert model.output.shape[-1] == 5
