@@ -156,13 +156,17 @@ def lr_race(
     exp_id = _begin(store, "lr_race", name, settings, progress)
     prepared = pipeline.prepare(base, progress, cancel)
     _warm_up(prepared, base)
-    for index, rate in enumerate(rates):
-        label = f"lr={rate:g}"
-        config = replace(
-            base, train=replace(base.train, learning_rate=rate), name=label, experiment_id=exp_id
-        )
-        tagged = _Tagged(progress, exp_id, label, rate=rate, index=index, count=len(rates))
-        pipeline.retrain_on(config, prepared, store, tagged, cancel)
+    try:
+        for index, rate in enumerate(rates):
+            label = f"lr={rate:g}"
+            config = replace(
+                base, train=replace(base.train, learning_rate=rate), name=label, experiment_id=exp_id
+            )
+            tagged = _Tagged(progress, exp_id, label, rate=rate, index=index, count=len(rates))
+            # each run's folder is written while the next rate trains
+            pipeline.retrain_on(config, prepared, store, tagged, cancel, background_save=True)
+    finally:
+        pipeline.wait_for_saves()
     return _finish(store, exp_id, [prepared.feats.stats.as_dict()], start)
 
 

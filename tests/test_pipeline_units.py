@@ -1,0 +1,50 @@
+"""Pipeline pieces that need no model: config validation and batched metric writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import InvalidArgument
+from engine.pipeline import RunConfig, _MetricsBuffer
+from engine.store import RunStore
+
+
+def test_metric_rows_are_batched_and_flushed_on_exit():
+    store = RunStore()
+    run = store.create_run({"architecture": "mobilenet_0.25_224"})
+    with _MetricsBuffer(store, run.id, every=3600) as buffer:
+        for step in (10, 20, 30):
+            buffer.add({"step": step, "train_accuracy": 0.5})
+        assert store.get_history(run.id) == []  # nothing written until a flush is due
+    assert [r["step"] for r in store.get_history(run.id)] == [10, 20, 30]
+
+
+def test_metric_rows_survive_a_failure_mid_training():
+    store = RunStore()
+    run = store.create_run({})
+    with pytest.raises(RuntimeError), _MetricsBuffer(store, run.id, every=3600) as buffer:
+        buffer.add({"step": 10})
+        buffer.add({"step": 20})
+        raise RuntimeError("boom")
+    assert [r["step"] for r in store.get_history(run.id)] == [10, 20]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"source": ""}, "source=''"),
+        ({"source": "demo", "validation_percentage": 60, "testing_percentage": 40}, "60 + 40"),
+        ({"source": "demo", "testing_percentage": -1}, "testing_percentage=-1"),
+        ({"source": "demo", "weights": "best"}, "weights='best'"),
+    ],
+)
+def test_run_config_rejects_bad_values_with_the_value(kwargs, needle):
+    with pytest.raises(InvalidArgument, match=needle.replace("+", r"\+")):
+        RunConfig(**kwargs)
+
+
+def test_run_config_round_trips_through_a_dict():
+    from dataclasses import asdict
+
+    config = RunConfig(source="demo", train={"learning_rate": 0.05, "steps": 30})
+    assert RunConfig.from_dict(asdict(config)) == config
