@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 import subprocess
 import sys
@@ -139,24 +138,39 @@ def test_schema_is_created_once_and_versioned(tmp_path):
     assert again.run_dir(run.id) == tmp_path / "custom" / "runs" / run.id
 
 
-def _write_concurrently(db_path: str, shared_run: str, rows: int) -> int:
-    store = RunStore(db_path)
-    own = store.create_run({"writer": True}, kind="writer")
-    for step in range(rows):
-        store.log_metrics(shared_run, [history_row(step)])
-        store.log_metrics(own.id, [history_row(step)])
-        store.log_phase(shared_run, "train", 1.0)
-    store.finish_run(own.id, {"rows": rows})
-    return rows
+_WRITER = """
+import sys
+from engine.store import RunStore
+db_path, shared_run, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = RunStore(db_path)
+own = store.create_run({"writer": True}, kind="writer")
+for step in range(rows):
+    row = {"step": step, "train_accuracy": 0.5, "train_cross_entropy": 1.0, "elapsed": step * 0.1}
+    store.log_metrics(shared_run, [row])
+    store.log_metrics(own.id, [row])
+    store.log_phase(shared_run, "train", 1.0)
+store.finish_run(own.id, {"rows": rows})
+print(rows)
+"""
 
 
 def test_several_processes_write_at_once_without_losing_rows(tmp_path):
     db_path = str(tmp_path / "lab.sqlite")
     shared = RunStore(db_path).create_run({})
     writers, rows = 4, 60
-    # spawn, not fork: a fresh interpreter per writer, as separate jobs would be
-    with multiprocessing.get_context("spawn").Pool(writers) as pool:
-        results = pool.starmap(_write_concurrently, [(db_path, shared.id, rows)] * writers)
+    # separate interpreters, as separate jobs would be (a multiprocessing pool hung the full suite:
+    # its spawned children could not re-import this test module after other tests ran)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, db_path, shared.id, str(rows)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(writers)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=120) for p in procs]
+    results = [
+        int(out.strip()) if p.returncode == 0 else err for p, (out, err) in zip(procs, outputs, strict=True)
+    ]
     assert results == [rows] * writers  # an exception ('database is locked') would have been re-raised
     store = RunStore(db_path)
     assert len(store.get_history(shared.id)) == writers * rows
