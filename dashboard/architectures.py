@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import guard, page_link, plot
-from engine import arch_blocks, arch_explain, backbones, macs, uploads
+from dashboard.components import guard, page_link, plot, source_options
+from engine import arch_blocks, arch_explain, backbones, macs
 
 DEFAULT = ["mobilenet_1.0_224", "inception_v3"]
 M = st.column_config.NumberColumn(format="%.2f")
@@ -181,16 +181,6 @@ def signature_blocks(names: list[str], archs: dict) -> None:
             st.caption("No signature block recognised for this family.")
 
 
-def dataset_options() -> dict[str, str]:
-    options: dict[str, str] = {}
-    current = st.session_state.get("dataset_path")
-    if current:
-        options[current] = f"{Path(current).name} (chosen on Data)"
-    for label, folder in uploads.stored_datasets().items():
-        options.setdefault(str(folder), label)
-    return options
-
-
 def bottleneck(names: list[str]) -> None:
     rows = []
     for name in names:
@@ -217,7 +207,7 @@ def bottleneck(names: list[str]) -> None:
         "caching possible; unfreeze layers (next tab) and every step must run the images again."
     )
     st.markdown("##### Cached features of a dataset, projected to 2-D (PCA)")
-    options = dataset_options()
+    options = source_options(named=False)
     if not options:
         st.info("No dataset yet — add one on the Data page, then train a run to cache its features.")
         page_link("dashboard/data.py", "Open Data", ":material/photo_library:")

@@ -665,6 +665,16 @@ def format_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str, f
     return fig
 
 
+def _legend_below_title(fig: go.Figure) -> go.Figure:
+    """In a narrow column a right-hand legend runs into the title: give it its own row under it."""
+    fig.update_layout(
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"},
+        margin={"t": 95},
+        height=360,
+    )
+    return fig
+
+
 def format_latency(frame: pd.DataFrame) -> go.Figure:
     """Warm single-image latency per format (ms); columns format, latency_p50_ms, latency_p95_ms."""
     fig = _figure("Warm single-image latency", "Format", "Latency (ms, model only)", height=340)
@@ -673,7 +683,7 @@ def format_latency(frame: pd.DataFrame) -> go.Figure:
     for i, (column, name) in enumerate((("latency_p50_ms", "median (p50)"), ("latency_p95_ms", "p95"))):
         fig.add_trace(go.Bar(x=frame["format"], y=frame[column], name=name, marker_color=PALETTE[i]))
     fig.update_layout(barmode="group")
-    return fig
+    return _legend_below_title(fig)
 
 
 def format_fidelity(frame: pd.DataFrame) -> go.Figure:
@@ -685,7 +695,7 @@ def format_fidelity(frame: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Bar(x=frame["format"], y=frame[column], name=name, marker_color=PALETTE[i + 2]))
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
-    return fig
+    return _legend_below_title(fig)
 
 
 def phase_times(frame: pd.DataFrame, backbone: str) -> go.Figure:

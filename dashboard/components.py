@@ -8,14 +8,36 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from dashboard import cache
+from engine import uploads
 from engine.errors import LabError
 
 log = logging.getLogger("classifier_lab.dashboard")
+
+NAMED_SOURCES = {
+    "demo": "Demo set (generated)",
+    "flowers": "flower_photos (download)",
+    "beans": "beans (download)",
+}
+
+
+def source_options(named: bool = True) -> dict[str, str]:
+    """Dataset choices: this session's dataset (from Data), stored datasets, then named sources."""
+    options: dict[str, str] = {}
+    current = st.session_state.get("dataset_path")
+    if current:
+        options[current] = f"{Path(current).name} (chosen on Data)"
+    for label, folder in uploads.stored_datasets().items():
+        options.setdefault(str(folder), label)
+    for key, label in NAMED_SOURCES.items() if named else ():
+        options.setdefault(key, label)
+    return options
+
 
 PHASE_NAMES = {
     "download": "Downloading data",

@@ -1,14 +1,13 @@
 """Experiments: learning-rate race, layer freezing, steps study and dataset comparison, one click each."""
 
 from dataclasses import asdict
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import STATUS_ICONS, guard, job_progress, plot
-from engine import backbones, experiments, jobs, summaries, uploads
+from dashboard.components import STATUS_ICONS, guard, job_progress, plot, source_options
+from engine import backbones, experiments, jobs, summaries
 from engine.errors import InvalidArgument
 from engine.pipeline import RunConfig
 from engine.training import SCHEDULES, TrainConfig
@@ -19,11 +18,6 @@ STUDIES = {
     "freezing": "Layer freezing",
     "steps": "Steps study",
     "datasets": "Dataset comparison",
-}
-NAMED_SOURCES = {
-    "demo": "Demo set (generated)",
-    "flowers": "flower_photos (download)",
-    "beans": "beans (download)",
 }
 FLAG_ICONS = {
     None: ":material/check_circle:",
@@ -51,19 +45,6 @@ HEADERS = {
     "checkpoint": "Checkpoint", "step": "Step", "validation_accuracy": "Validation acc.",
     "train_accuracy": "Train acc.", "note": "Note",
 }  # fmt: skip
-
-
-def source_options() -> dict[str, str]:
-    """Dataset choices: this session's dataset (from Data), stored datasets, then named sources."""
-    options: dict[str, str] = {}
-    current = st.session_state.get("dataset_path")
-    if current:
-        options[current] = f"{Path(current).name} (chosen on Data)"
-    for label, folder in uploads.stored_datasets().items():
-        options.setdefault(str(folder), label)
-    for key, label in NAMED_SOURCES.items():
-        options.setdefault(key, label)
-    return options
 
 
 def numbers(text: str, cast, what: str) -> list:

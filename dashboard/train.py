@@ -1,36 +1,25 @@
 """Train: configure a retrain run, start it as a background job, follow it live, see its results."""
 
 from dataclasses import asdict
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import STATUS_ICONS, fmt_seconds, guard, job_progress, page_link, plot
-from engine import backbones, jobs, uploads
+from dashboard.components import (
+    STATUS_ICONS,
+    fmt_seconds,
+    guard,
+    job_progress,
+    page_link,
+    plot,
+    source_options,
+)
+from engine import backbones, jobs
 from engine.pipeline import RunConfig
 from engine.training import TrainConfig
 
 POLL_SECONDS = 1.0
-NAMED_SOURCES = {
-    "demo": "Demo set (generated)",
-    "flowers": "flower_photos (download)",
-    "beans": "beans (download)",
-}
-
-
-def source_options() -> dict[str, str]:
-    """Dataset choices: this session's dataset first, stored datasets, then the named sources."""
-    options: dict[str, str] = {}
-    current = st.session_state.get("dataset_path")
-    if current:
-        options[current] = f"{Path(current).name} (chosen on Data)"
-    for label, folder in uploads.stored_datasets().items():
-        options.setdefault(str(folder), label)
-    for key, label in NAMED_SOURCES.items():
-        options.setdefault(key, label)
-    return options
 
 
 def start(config: RunConfig) -> None:

@@ -270,3 +270,48 @@ def test_every_page_renders(page, screenshot):
         screenshot(page, "11_architectures")
     go(page, "Overview", heading="Classifier Lab")
     no_exception(page)
+
+
+def _wait_for(page, locator, what: str, timeout_s: float = 300) -> None:
+    """Poll until `locator` shows, failing with the page's error text if one appears first."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if locator.count():
+            return
+        errors = page.locator("[data-testid=stAlertContentError]")
+        assert errors.count() == 0, errors.first.inner_text()
+        page.wait_for_timeout(500)
+    raise AssertionError(f"{what} did not show within {timeout_s:.0f} s")
+
+
+def test_experiments_lr_race_shows_overlaid_curves(page, screenshot):
+    go(page, "Experiments")
+    no_exception(page)
+    page.get_by_label("Training steps").fill("300")
+    page.get_by_label("Training steps").press("Enter")
+    wait_idle(page)
+    button(page, "Start experiment").click()
+    main = page.locator("[data-testid=stMain]")
+    _wait_for(page, main.locator("[data-testid=stSelectbox]", has_text="Results of"), "the race's results")
+    wait_idle(page)
+    no_exception(page)
+    table = main.locator("[data-testid=stDataFrame]").first
+    table.wait_for()
+    traces = plot_traces(page)
+    assert traces and max(traces) >= 4, traces  # one curve per learning rate, overlaid
+    screenshot(page, "12_experiments_lr_race")
+
+
+def test_convert_and_compare_formats(page, screenshot):
+    go(page, "Convert & compare")
+    no_exception(page)
+    button(page, "Convert").click()
+    main = page.locator("[data-testid=stMain]")
+    _wait_for(page, main.get_by_text("tflite-int8").nth(1), "the comparison", timeout_s=400)
+    _wait_for(page, main.locator("[data-testid=stDataFrame]"), "the comparison table", timeout_s=400)
+    wait_idle(page)
+    no_exception(page)
+    screenshot(page, "13_convert_compare")
+    go(page, "CPU vs GPU")
+    no_exception(page)
+    screenshot(page, "14_cpu_vs_gpu")
