@@ -14,7 +14,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from dashboard import cache
-from engine import uploads
+from engine import jobs, uploads
 from engine.errors import LabError
 
 log = logging.getLogger("classifier_lab.dashboard")
@@ -37,6 +37,15 @@ def source_options(named: bool = True) -> dict[str, str]:
     for key, label in NAMED_SOURCES.items() if named else ():
         options.setdefault(key, label)
     return options
+
+
+def followed_job(kind: str, session_key: str):
+    """The job of `kind` this session started, else one still running (a refresh finds it again)."""
+    job_id = st.session_state.get(session_key)
+    if job_id is None:
+        active = [j for j in jobs.list_jobs(active_only=True, store=cache.store()) if j.kind == kind]
+        job_id = active[0].id if active else None
+    return jobs.get_job(job_id, store=cache.store()) if job_id else None
 
 
 PHASE_NAMES = {

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import STATUS_ICONS, guard, job_progress, plot
+from dashboard.components import STATUS_ICONS, followed_job, guard, job_progress, plot
 from engine import compare, convert, jobs
 from engine.runtimes import FORMATS, TENSORRT_FORMATS
 
@@ -176,17 +176,12 @@ with form, st.container(border=True):
         trt_panel()
 
 with view:
-    job_id = st.session_state.get("convert_job")
-    if job_id is None:
-        active = [j for j in jobs.list_jobs(active_only=True, store=cache.store()) if j.kind == "convert"]
-        job_id = active[0].id if active else None
-    if job_id:
-        with guard("Following the job"):
-            job = jobs.get_job(job_id, store=cache.store())
-            if job.active:
-                monitor(job_id)
-            elif job.status != "finished":
-                st.error(job.error or f"The conversion {job.status}.", icon=":material/error:")
+    with guard("Following the job"):
+        job = followed_job("convert", "convert_job")
+        if job is not None and job.active:
+            monitor(job.id)
+        elif job is not None and job.status != "finished":
+            st.error(job.error or f"The conversion {job.status}.", icon=":material/error:")
     exports_panel(run_id)
     st.divider()
     with guard("Reading the comparison"):

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import STATUS_ICONS, guard, job_progress, plot
+from dashboard.components import STATUS_ICONS, followed_job, guard, job_progress, plot
 from engine import backbones, bench, jobs, uploads
 
 POLL_SECONDS = 1.0
@@ -117,17 +117,12 @@ with st.sidebar, st.expander("Import a classmate's timings", icon=":material/upl
             st.success(f"Imported “{report['label']}” ({len(report['timings'])} timings)")
 
 with view:
-    job_id = st.session_state.get("timing_job")
-    if job_id is None:
-        active = [j for j in jobs.list_jobs(active_only=True, store=cache.store()) if j.kind == "timing"]
-        job_id = active[0].id if active else None
-    if job_id:
-        with guard("Following the job"):
-            job = jobs.get_job(job_id, store=cache.store())
-            if job.active:
-                monitor(job_id)
-            elif job.status != "finished":
-                st.error(job.error or f"The timing lab {job.status}.", icon=":material/error:")
+    with guard("Following the job"):
+        job = followed_job("timing", "timing_job")
+        if job is not None and job.active:
+            monitor(job.id)
+        elif job is not None and job.status != "finished":
+            st.error(job.error or f"The timing lab {job.status}.", icon=":material/error:")
     reports = bench.list_timings()
     if not reports:
         st.info("No timings yet: start the lab, or import a classmate's file.", icon=":material/info:")
