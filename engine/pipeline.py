@@ -55,13 +55,9 @@ class RunConfig:
         backbones.check_weights(self.weights)
         for key in ("validation_percentage", "testing_percentage"):
             value = getattr(self, key)
-            if not isinstance(value, int) or not 0 <= value < 100:
-                raise InvalidArgument(f"{key} must be an integer in [0, 100), got {key}={value!r}")
-        if self.validation_percentage + self.testing_percentage >= 100:
-            raise InvalidArgument(
-                "validation_percentage + testing_percentage must leave training images, got "
-                f"{self.validation_percentage} + {self.testing_percentage}"
-            )
+            if isinstance(value, bool) or not isinstance(value, int):  # retrain.py's flags are integers
+                raise InvalidArgument(f"{key} must be an integer, got {key}={value!r}")
+        datasets.check_percentages(self.validation_percentage, self.testing_percentage)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:

@@ -13,7 +13,6 @@ import numpy as np
 from engine import backbones, config, images
 from engine.errors import InvalidArgument, NotFound, WeightsMissing
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 IMAGENET_INDEX_URL = "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
 
 
@@ -51,7 +50,9 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             out.extend(
-                sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                sorted(
+                    p for p in path.rglob("*") if p.suffix.lower() in images.IMAGE_EXTENSIONS and p.is_file()
+                )
             )
         elif path.exists():
             out.append(path)

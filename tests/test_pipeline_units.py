@@ -33,7 +33,11 @@ def test_metric_rows_survive_a_failure_mid_training():
     ("kwargs", "needle"),
     [
         ({"source": ""}, "source=''"),
-        ({"source": "demo", "validation_percentage": 60, "testing_percentage": 40}, "60 + 40"),
+        (
+            {"source": "demo", "validation_percentage": 60, "testing_percentage": 40},
+            "validation_percentage=60, testing_percentage=40",
+        ),
+        ({"source": "demo", "validation_percentage": 10.5}, "validation_percentage=10.5"),
         ({"source": "demo", "testing_percentage": -1}, "testing_percentage=-1"),
         ({"source": "demo", "weights": "best"}, "weights='best'"),
     ],
