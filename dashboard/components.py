@@ -103,6 +103,17 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{seconds} s"
 
 
+def job_header(job, title: str, key: str) -> bool:
+    """A job's status line with a Cancel button; True when this run asked the job to cancel."""
+    head, button = st.columns([5, 1], vertical_alignment="center")
+    head.markdown(f"{STATUS_ICONS.get(job.status, '')} {title}")
+    if job.active and button.button("Cancel", icon=":material/stop_circle:", key=key):
+        with guard("Cancelling"):
+            jobs.cancel_job(job.id, store=cache.store())
+            return True
+    return False
+
+
 def job_progress(job) -> None:
     """A progress bar with the phase, counts and ETA of a job (engine.jobs.Job)."""
     phase = PHASE_NAMES.get(job.phase, job.phase.replace("_", " ").capitalize())

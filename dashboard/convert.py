@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import STATUS_ICONS, followed_job, guard, job_progress, plot
+from dashboard.components import followed_job, guard, job_header, job_progress, plot
 from engine import compare, convert, jobs
 from engine.runtimes import FORMATS, TENSORRT_FORMATS
 
@@ -49,14 +49,8 @@ def trt_panel() -> None:
 @st.fragment(run_every=POLL_SECONDS)
 def monitor(job_id: str) -> None:
     job = jobs.get_job(job_id, store=cache.store())
-    head, button = st.columns([5, 1], vertical_alignment="center")
     formats = ", ".join(job.params.get("formats") or [])
-    head.markdown(
-        f"{STATUS_ICONS.get(job.status, '')} Converting **{job.params.get('run_id')}** to {formats}"
-    )
-    if job.active and button.button("Cancel", icon=":material/stop_circle:", key="convert_cancel"):
-        with guard("Cancelling"):
-            jobs.cancel_job(job.id, store=cache.store())
+    job_header(job, f"Converting **{job.params.get('run_id')}** to {formats}", key="convert_cancel")
     job_progress(job)
     if not job.active:
         st.rerun()

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import STATUS_ICONS, guard, job_progress, plot, source_options
+from dashboard.components import guard, job_header, job_progress, plot, source_options
 from engine import backbones, experiments, jobs, summaries
 from engine.errors import InvalidArgument
 from engine.pipeline import RunConfig
@@ -191,11 +191,7 @@ def monitor(job_id: str) -> None:
     """Live progress and overlaid curves of a running experiment; a full rerun once it has ended."""
     job = jobs.get_job(job_id, store=cache.store())
     label = experiments.KINDS.get(job.params.get("study"), "Experiment")
-    head, button = st.columns([5, 1], vertical_alignment="center")
-    head.markdown(f"{STATUS_ICONS.get(job.status, '')} **{label}** · job `{job.id}` · {job.status}")
-    if job.active and button.button("Cancel", icon=":material/stop_circle:", key="cancel_experiment"):
-        with guard("Cancelling"):
-            jobs.cancel_job(job.id, store=cache.store())
+    job_header(job, f"**{label}** · job `{job.id}` · {job.status}", key="cancel_experiment")
     job_progress(job)
     experiment_id = (job.extra or {}).get("experiment_id") or (job.result or {}).get("experiment_id")
     if experiment_id:

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import STATUS_ICONS, followed_job, guard, job_progress, plot
+from dashboard.components import followed_job, guard, job_header, job_progress, plot
 from engine import backbones, bench, jobs, uploads
 
 POLL_SECONDS = 1.0
@@ -59,11 +59,7 @@ def machine_table(reports: list[dict]) -> None:
 @st.fragment(run_every=POLL_SECONDS)
 def monitor(job_id: str) -> None:
     job = jobs.get_job(job_id, store=cache.store())
-    head, button = st.columns([5, 1], vertical_alignment="center")
-    head.markdown(f"{STATUS_ICONS.get(job.status, '')} Timing lab · job `{job.id}` · {job.status}")
-    if job.active and button.button("Cancel", icon=":material/stop_circle:", key="timing_cancel"):
-        with guard("Cancelling"):
-            jobs.cancel_job(job.id, store=cache.store())
+    job_header(job, f"Timing lab · job `{job.id}` · {job.status}", key="timing_cancel")
     job_progress(job)
     if not job.active:
         st.rerun()

@@ -10,6 +10,7 @@ from dashboard.components import (
     STATUS_ICONS,
     fmt_seconds,
     guard,
+    job_header,
     job_progress,
     page_link,
     plot,
@@ -66,12 +67,8 @@ def monitor(job_id: str) -> None:
     """Polled view of a running job; hands over to a full rerun once the job has ended."""
     job = jobs.get_job(job_id, store=cache.store())
     name = job.params.get("name") or job.params.get("architecture", "")
-    header, button = st.columns([5, 1], vertical_alignment="center")
-    header.markdown(f"{STATUS_ICONS.get(job.status, '')} **{name}** · job `{job.id}` · {job.status}")
-    if job.active and button.button("Cancel", icon=":material/stop_circle:", key="cancel_job"):
-        with guard("Cancelling"):
-            jobs.cancel_job(job.id, store=cache.store())
-            st.toast("Cancelling… the worker stops at its next check", icon=":material/stop_circle:")
+    if job_header(job, f"**{name}** · job `{job.id}` · {job.status}", key="cancel_job"):
+        st.toast("Cancelling… the worker stops at its next check", icon=":material/stop_circle:")
     if job.cancel_requested and job.active:
         st.caption("Cancel requested: waiting for the worker to stop.")
     job_progress(job)
