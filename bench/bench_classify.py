@@ -6,7 +6,7 @@
    .classify([photo])`: decode, resize, infer, top-k) against a bare loop on the same photo in the
    same process: PIL decode (with the same JPEG draft scaling) + resize + LiteRT `invoke`. Rounds
    alternate the two so machine noise hits both alike; target: engine <= 1.3 x bare (medians).
-2. The comparison matrix (engine.compare) of every format on the run's test split: size, load
+2. The comparison matrix (engine.export.compare) of every format on the run's test split: size, load
    time, p50/p95 single-image latency, batch throughput, agreement with Keras.
 
 The run is MobileNet 0.25_224 retrained on the shared flower photos when ../shared/assets is
@@ -32,8 +32,8 @@ TARGET = 1.3
 
 
 def make_run() -> tuple[str, Path, str]:
-    from engine.pipeline import RunConfig, retrain
-    from engine.training import TrainConfig
+    from engine.runs.retrain import RunConfig, retrain
+    from engine.training.head import TrainConfig
 
     weights = ASSETS / "keras_weights" / "mobilenet_2_5_224_tf_no_top.h5"
     flowers = ASSETS / "flower_photos_small_set"
@@ -50,8 +50,8 @@ def make_run() -> tuple[str, Path, str]:
         what = "generated demo set, random weights"
     summary = retrain(config)
     if photo is None or not photo.is_file():
-        from engine import convert
-        from engine.compare import test_split
+        from engine.export import convert
+        from engine.export.compare import test_split
 
         photo = Path(test_split(convert.open_run(summary.run_id))[0][0].path)
     return summary.run_id, photo, what
@@ -63,7 +63,7 @@ def bare_loop(model_path: Path, photo: Path, size: int):
     from ai_edge_litert.interpreter import Interpreter
     from PIL import Image
 
-    from engine.runtimes import _threads
+    from engine.export.runtimes import _threads
 
     it = Interpreter(model_path=str(model_path), num_threads=_threads())
     it.allocate_tensors()
@@ -96,8 +96,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_classify_"))
     os.environ["LAB_HOME"], os.environ["KERAS_HOME"] = str(tmp / "lab"), str(tmp / "keras")
     try:
-        from engine import compare, convert
-        from engine.predict import Classifier
+        from engine.export import compare, convert
+        from engine.export.predict import Classifier
 
         run_id, photo, what = make_run()
         print(f"Run {run_id}: mobilenet_0.25_224 on {what}; photo {photo.name}")

@@ -43,7 +43,9 @@ def fresh_home(tmp: Path, name: str) -> Path:
 
 
 def alone(steps: int, tmp: Path) -> dict[str, float]:
-    from engine import datasets, features, training
+    from engine.data import datasets
+    from engine.features import extract as features
+    from engine.training import head as training
 
     fresh_home(tmp, "alone")
     data = datasets.scan_image_dir(FLOWERS)
@@ -69,9 +71,9 @@ def alone(steps: int, tmp: Path) -> dict[str, float]:
 
 
 def race(steps: int, tmp: Path) -> dict[str, float]:
-    from engine import experiments
-    from engine.pipeline import RunConfig
-    from engine.training import TrainConfig
+    from engine.runs import experiments
+    from engine.runs.retrain import RunConfig
+    from engine.training.head import TrainConfig
 
     fresh_home(tmp, "race")
     start = time.perf_counter()
@@ -88,9 +90,9 @@ def race(steps: int, tmp: Path) -> dict[str, float]:
 
 
 def warm_up(tmp: Path) -> None:
-    from engine import experiments
-    from engine.pipeline import RunConfig
-    from engine.training import TrainConfig
+    from engine.runs import experiments
+    from engine.runs.retrain import RunConfig
+    from engine.training.head import TrainConfig
 
     fresh_home(tmp, "warm")
     config = RunConfig(source=str(FLOWERS), architecture=ARCH, train=TrainConfig(steps=20))

@@ -1,4 +1,4 @@
-"""Bottleneck extraction speed: engine.features.extract_features against the machine's limit.
+"""Bottleneck extraction speed: engine.features.extract.extract_features against the machine's limit.
 
 Work: the 200 flower JPEGs of ../shared/assets/flower_photos_small_set through mobilenet_0.25_224
 (ImageNet weights when ../shared/assets/keras_weights has them, else random: same cost). Measured in
@@ -81,7 +81,8 @@ def measure(images: int, fn) -> dict:
 def make_measures(weights: str, batch_size: int, tmp: Path, sweep: bool = False) -> dict:
     import tensorflow as tf
 
-    from engine import datasets, features
+    from engine.data import datasets
+    from engine.features import extract as features
 
     # the records a retrain run extracts: scanned (probed) once, outside the clock
     records = datasets.scan_image_dir(FLOWERS).records
@@ -137,7 +138,7 @@ def sweep_measures(engine) -> dict:
     """extract_features under other pipeline settings and batch sizes (same cores, same round)."""
     from dataclasses import replace
 
-    from engine.features import SETTINGS
+    from engine.features.extract import SETTINGS
 
     variants = {
         "engine": {},

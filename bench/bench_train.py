@@ -1,4 +1,4 @@
-"""Head-training speed: engine.training.train_head against a bare compiled loop and Keras `fit`.
+"""Head-training speed: engine.training.head.train_head against a bare compiled loop and Keras `fit`.
 
 The work is retrain.py's default: 4,000 steps of batch 100 on 1,024-d bottlenecks (5 classes,
 3,000 training and 400 validation examples, synthetic), evaluating every 10 steps. Targets (issue 2):
@@ -43,7 +43,7 @@ def make_features(seed: int = 0):
 
 
 def make_ours(x, y, vx, vy):
-    from engine.training import TrainConfig, train_head
+    from engine.training.head import TrainConfig, train_head
 
     config = TrainConfig(learning_rate=LR, steps=STEPS, batch_size=BATCH, eval_interval=EVAL_INTERVAL)
 

@@ -8,7 +8,9 @@ import streamlit as st
 
 from dashboard import cache, charts
 from dashboard.components import guard, page_link, plot, source_options
-from engine import arch_blocks, arch_explain, backbones, macs
+from engine.models import backbones, macs
+from engine.models import blocks as arch_blocks
+from engine.models import explain as arch_explain
 
 DEFAULT = ["mobilenet_1.0_224", "inception_v3"]
 M = st.column_config.NumberColumn(format="%.2f")

@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from engine import backbones, config, images, sysinfo
+from engine import config
+from engine.data import images
+from engine.models import backbones
+from engine.timing import machine as sysinfo
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -54,7 +57,7 @@ def _home() -> str:
 # -- store -------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner=False)
 def _store(home: str):
-    from engine.store import RunStore
+    from engine.runs.store import RunStore
 
     return RunStore()  # reads LAB_HOME, which `home` keys
 
@@ -136,13 +139,13 @@ def _folder_signature(path: str) -> tuple:
 
 @st.cache_data(show_spinner="Scanning images…", max_entries=16)
 def _scan(path: str, validation: int, testing: int, signature: tuple):
-    from engine import datasets
+    from engine.data import datasets
 
     return datasets.scan_image_dir(path, validation, testing)
 
 
 def scan_dataset(path: str | Path, validation: int = 10, testing: int = 10):
-    """`engine.datasets.scan_image_dir`, cached until the folder's contents change."""
+    """`engine.data.datasets.scan_image_dir`, cached until the folder's contents change."""
     return _scan(str(path), validation, testing, _folder_signature(str(path)))
 
 
@@ -155,7 +158,7 @@ def thumbnail(path: str, size: int = 128) -> np.ndarray:
 # -- models --------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner="Loading the run's classifier…", max_entries=4)
 def _run_classifier(home: str, run_id: str):
-    from engine.predict import Classifier
+    from engine.export.predict import Classifier
 
     return Classifier.from_run(run_id, store=store())
 
@@ -167,7 +170,7 @@ def run_classifier(run_id: str):
 
 @st.cache_resource(show_spinner="Loading the ImageNet classifier…", max_entries=2)
 def _pretrained(keras_home: str, name: str):
-    from engine.predict import pretrained_classifier
+    from engine.export.predict import pretrained_classifier
 
     return pretrained_classifier(name)
 
@@ -190,15 +193,15 @@ def model_file(run_id: str) -> Path:
 # --- architecture explorer ----------------------------------------------------------------------
 @st.cache_resource(show_spinner="Counting layers: building the Keras model once (cached afterwards)…")
 def architecture(name: str):
-    """`engine.architecture.analyze(name)`: frozen, shared by all sessions (JSON-cached on disk)."""
-    from engine.architecture import analyze
+    """`engine.models.architecture.analyze(name)`: frozen, shared by all sessions (JSON-cached on disk)."""
+    from engine.models.architecture import analyze
 
     return analyze(name)
 
 
 @st.cache_data(show_spinner="Reading cached bottleneck features…", ttl=30, max_entries=16)
 def _feature_projection(home: str, folder: str, name: str, weights: str):
-    from engine.arch_explain import cached_projection
+    from engine.models.explain import cached_projection
 
     return cached_projection(folder, name, weights)
 
@@ -212,6 +215,6 @@ def feature_projection(folder: str, name: str, weights: str = "imagenet"):
 @st.cache_data(show_spinner=False, ttl=300)
 def tensorrt_status() -> dict[str, Any]:
     """Whether ONNX Runtime's TensorRT provider can run here, and what is missing (no TensorFlow import)."""
-    from engine import runtimes
+    from engine.export import runtimes
 
     return runtimes.tensorrt_status()

@@ -287,7 +287,7 @@ def _empty(fig: go.Figure, text: str) -> go.Figure:
 
 
 # --- architecture figures ----------------------------------------------------------------------
-# (Architectures page; data from engine.architecture / arch_blocks / arch_explain as plain values)
+# (Architectures page; data from engine.models.architecture / arch_blocks / arch_explain as plain values)
 KIND_COLORS = {
     "conv": "#DC2626",
     "depthwise": "#16A34A",
@@ -425,7 +425,7 @@ def _step_text(step: dict) -> str:
 def separable_block_diagram(block: dict) -> go.Figure:
     """A depthwise-separable block or inverted residual drawn top to bottom from its real layers.
 
-    `block` is `dataclasses.asdict(engine.arch_blocks.SeparableBlock)`.
+    `block` is `dataclasses.asdict(engine.models.blocks.SeparableBlock)`.
     """
     main = [s for s in block["steps"] if "squeeze" not in s["label"]]
     side = [s for s in block["steps"] if "squeeze" in s["label"]]
@@ -462,7 +462,7 @@ def separable_block_diagram(block: dict) -> go.Figure:
 def inception_module_diagram(module: dict) -> go.Figure:
     """An Inception module: its parallel branches from the real layers, joined by a concat.
 
-    `module` is `dataclasses.asdict(engine.arch_blocks.InceptionModule)`.
+    `module` is `dataclasses.asdict(engine.models.blocks.InceptionModule)`.
     """
     branches = module["branches"]
     # each branch is a little tree (mixed9/10 split 1×3 ‖ 3×1): depth = distance from the input

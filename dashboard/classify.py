@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import cache, charts
 from dashboard.components import guard, plot
-from engine import backbones
+from engine.models import backbones
 
 TOP_K = 5
 

@@ -14,8 +14,9 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from dashboard import cache
-from engine import jobs, uploads
+from engine.data import uploads
 from engine.errors import LabError
+from engine.jobs import queue as jobs
 
 log = logging.getLogger("classifier_lab.dashboard")
 
@@ -115,7 +116,7 @@ def job_header(job, title: str, key: str) -> bool:
 
 
 def job_progress(job) -> None:
-    """A progress bar with the phase, counts and ETA of a job (engine.jobs.Job)."""
+    """A progress bar with the phase, counts and ETA of a job (engine.jobs.queue.Job)."""
     phase = PHASE_NAMES.get(job.phase, job.phase.replace("_", " ").capitalize())
     parts = [phase]
     if job.total:
@@ -139,7 +140,7 @@ def sidebar() -> None:
 
 @st.fragment(run_every=2)
 def _active_jobs() -> None:
-    from engine import jobs
+    from engine.jobs import queue as jobs
 
     try:
         active = jobs.list_jobs(active_only=True, store=cache.store())

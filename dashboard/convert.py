@@ -5,8 +5,9 @@ import streamlit as st
 
 from dashboard import cache, charts
 from dashboard.components import followed_job, guard, job_header, job_progress, plot
-from engine import compare, convert, jobs
-from engine.runtimes import FORMATS, TENSORRT_FORMATS
+from engine.export import compare, convert
+from engine.export.runtimes import FORMATS, TENSORRT_FORMATS
+from engine.jobs import queue as jobs
 
 POLL_SECONDS = 1.0
 FORMAT_HELP = {

@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import cache, charts
 from dashboard.components import guard, page_link, plot
-from engine import datasets, uploads
+from engine.data import datasets, uploads
 
 SOURCES = {
     "demo": ":material/category: Demo set",

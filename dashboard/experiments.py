@@ -7,10 +7,13 @@ import streamlit as st
 
 from dashboard import cache, charts
 from dashboard.components import guard, job_header, job_progress, plot, source_options
-from engine import backbones, experiments, jobs, summaries
 from engine.errors import InvalidArgument
-from engine.pipeline import RunConfig
-from engine.training import SCHEDULES, TrainConfig
+from engine.jobs import queue as jobs
+from engine.models import backbones
+from engine.runs import experiments
+from engine.runs.retrain import RunConfig
+from engine.training import summaries
+from engine.training.head import SCHEDULES, TrainConfig
 
 POLL_SECONDS = 1.5
 STUDIES = {

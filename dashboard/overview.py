@@ -57,7 +57,7 @@ st.markdown(
 
 with guard("Probing TensorFlow"):
     tf_facts = cache.tensorflow_facts()
-    from engine.sysinfo import tensorrt_status
+    from engine.timing.machine import tensorrt_status
 
     gpus = tf_facts["gpus"]
     cuda = f"yes (CUDA {tf_facts['cuda_version']})" if tf_facts["is_cuda_build"] else "no"

@@ -7,7 +7,10 @@ import streamlit as st
 
 from dashboard import cache, charts
 from dashboard.components import followed_job, guard, job_header, job_progress, plot
-from engine import backbones, bench, jobs, uploads
+from engine.data import uploads
+from engine.jobs import queue as jobs
+from engine.models import backbones
+from engine.timing import lab as bench
 
 POLL_SECONDS = 1.0
 

@@ -16,9 +16,10 @@ from dashboard.components import (
     plot,
     source_options,
 )
-from engine import backbones, jobs
-from engine.pipeline import RunConfig
-from engine.training import TrainConfig
+from engine.jobs import queue as jobs
+from engine.models import backbones
+from engine.runs.retrain import RunConfig
+from engine.training.head import TrainConfig
 
 POLL_SECONDS = 1.0
 

@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from engine import arch_blocks, arch_explain, architecture, backbones, macs
 from engine.errors import InvalidArgument, NotFound
+from engine.models import architecture, backbones, macs
+from engine.models import blocks as arch_blocks
+from engine.models import explain as arch_explain
 
 REQUIRED = {  # the figures: MACs per image, ImageNet classifier included
     "mobilenet_1.0_224": 569e6,
@@ -212,14 +214,14 @@ def test_pca_2d_separates_clusters():
 
 
 def test_projection_is_none_without_cached_features(tmp_path):
-    from engine.sources import make_demo_dataset
+    from engine.data.sources import make_demo_dataset
 
     folder = make_demo_dataset(tmp_path / "demo", num_classes=2, per_class=4, size=32)
     assert arch_explain.cached_projection(folder, "mobilenet_0.25_224", "random") is None
 
 
 def test_cli_json_last_line(capsys):
-    from engine.cli import main
+    from engine.cli.main import main
 
     assert main(["arch", "mobilenet_0.25_224", "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -244,8 +246,9 @@ def test_unknown_name_raises_not_found():
 
 
 def test_projection_of_really_cached_features(tmp_path):
-    from engine import datasets, features
-    from engine.sources import make_demo_dataset
+    from engine.data import datasets
+    from engine.data.sources import make_demo_dataset
+    from engine.features import extract as features
 
     folder = make_demo_dataset(tmp_path / "demo", num_classes=2, per_class=4, size=32)
     records = datasets.scan_image_dir(folder).records

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from engine import backbones
 from engine.errors import InvalidArgument, NotFound, WeightsMissing
+from engine.models import backbones
 
 
 def test_registry_has_retrain_py_and_keras_names():

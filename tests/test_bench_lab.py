@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from engine import bench, bench_report
-from engine.bench import TimingsError
 from engine.errors import InvalidArgument
+from engine.timing import lab as bench
+from engine.timing import report as bench_report
+from engine.timing.lab import TimingsError
 
 
 def _report(label: str = "Alex's laptop", gpu: bool = True) -> dict:
@@ -113,7 +114,7 @@ def test_explanations_never_import_tensorflow():
 
     assert "tensorflow" not in bench_report.__dict__ and "tensorflow" not in bench.__dict__
     assert bench_report.explain_rows([], {}) and "keras" not in dir(bench_report)
-    assert sys.modules.get("engine.bench_report") is bench_report
+    assert sys.modules.get("engine.timing.report") is bench_report
 
 
 @pytest.mark.slow

@@ -9,12 +9,13 @@ import zipfile
 import numpy as np
 import pytest
 
-from engine import compare, convert, jobs, runtimes
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import Cancelled, InvalidArgument
-from engine.predict import Classifier
-from engine.runtimes import RuntimeUnavailable
-from engine.store import RunStore
+from engine.export import compare, convert, runtimes
+from engine.export.predict import Classifier
+from engine.export.runtimes import RuntimeUnavailable
+from engine.jobs import queue as jobs
+from engine.runs.store import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -213,8 +214,8 @@ def flower_home(tmp_path_factory, monkeypatch, seeded_keras_home):
 
 
 def test_int8_agrees_on_real_flowers(flower_home, flowers_dir):
-    from engine.pipeline import RunConfig, retrain
-    from engine.training import TrainConfig
+    from engine.runs.retrain import RunConfig, retrain
+    from engine.training.head import TrainConfig
 
     config = RunConfig(source=str(flowers_dir), architecture="mobilenet_0.25_224", train=TrainConfig())
     summary = retrain(config)
@@ -232,7 +233,7 @@ def test_efficientnet_onnx_has_only_the_image_input(home):
     """EfficientNet's Normalization layer keeps mean/variance as variables; they must be frozen into ONNX."""
     import keras
 
-    from engine.pipeline import build_classifier
+    from engine.runs.retrain import build_classifier
 
     rng = np.random.default_rng(0)
     model = build_classifier("efficientnet_b0", "random", rng.normal(size=(1280, 3)) * 0.01, np.zeros(3))

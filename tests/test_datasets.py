@@ -1,4 +1,4 @@
-"""engine.datasets: stable splits, folder scans, safe zip uploads, downloads offline, the demo set."""
+"""engine.data.datasets: stable splits, folder scans, safe zip uploads, downloads offline, the demo set."""
 
 from __future__ import annotations
 
@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import archives, config, datasets, sources
-from engine.backbones import network_available
-from engine.datasets import (
+from engine import config
+from engine.data import archives, datasets, sources
+from engine.data.datasets import (
     assign_split,
     extract_zip,
     make_demo_dataset,
     resolve_source,
     scan_image_dir,
 )
+from engine.data.images import load_image
 from engine.errors import (
     Cancelled,
     DatasetError,
@@ -34,7 +35,7 @@ from engine.errors import (
     NotFound,
     UnsafeArchive,
 )
-from engine.images import load_image
+from engine.models.backbones import network_available
 
 
 def jpeg_bytes(colour=(200, 30, 30), size=(24, 24), seed=0) -> bytes:

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from engine import summaries
 from engine.errors import InvalidArgument
+from engine.training import summaries
 
 
 def hist(val_acc, *, val_xent=None, train_acc=None, train_xent=None, interval=10, seconds_per_row=0.1):
@@ -158,7 +158,7 @@ def test_to_csv_round_trips():
 
 
 def test_bad_experiment_arguments_are_refused():
-    from engine import experiments
+    from engine.runs import experiments
 
     with pytest.raises(InvalidArgument, match="rates"):
         experiments.check_rates([0.1, -1])
@@ -173,8 +173,8 @@ RATES = (0.005, 0.01, 0.1, 1.0)
 
 @pytest.fixture
 def extraction_spy(monkeypatch):
-    """Counts calls of engine.features.extract_features and keeps their stats."""
-    from engine import features
+    """Counts calls of engine.features.extract.extract_features and keeps their stats."""
+    from engine.features import extract as features
 
     calls = []
     real = features.extract_features
@@ -189,8 +189,8 @@ def extraction_spy(monkeypatch):
 
 
 def _flowers(flowers_dir, **train):
-    from engine.pipeline import RunConfig
-    from engine.training import TrainConfig
+    from engine.runs.retrain import RunConfig
+    from engine.training.head import TrainConfig
 
     return RunConfig(source=str(flowers_dir), architecture="mobilenet_0.25_224", train=TrainConfig(**train))
 
@@ -199,8 +199,8 @@ def _flowers(flowers_dir, **train):
 def test_lr_race_on_flowers_extracts_once_and_every_rate_trains_fully(
     flowers_dir, seeded_keras_home, extraction_spy
 ):
-    from engine import experiments
-    from engine.store import RunStore
+    from engine.runs import experiments
+    from engine.runs.store import RunStore
 
     events = []
     result = experiments.lr_race(_flowers(flowers_dir, steps=500), RATES, target=0.8, progress=events.append)
@@ -250,8 +250,8 @@ def test_lr_race_on_flowers_extracts_once_and_every_rate_trains_fully(
 
 @pytest.mark.slow
 def test_same_seed_gives_the_same_curves(flowers_dir, seeded_keras_home):
-    from engine import experiments
-    from engine.store import RunStore
+    from engine.runs import experiments
+    from engine.runs.store import RunStore
 
     def curves(seed, schedule="cosine"):
         result = experiments.lr_race(
@@ -272,9 +272,10 @@ def test_same_seed_gives_the_same_curves(flowers_dir, seeded_keras_home):
 def test_run_job_freezing_and_dataset_comparison_on_generated_images(lab_home):
     from dataclasses import asdict
 
-    from engine import experiments, sources
-    from engine.pipeline import RunConfig
-    from engine.training import TrainConfig
+    from engine.data import sources
+    from engine.runs import experiments
+    from engine.runs.retrain import RunConfig
+    from engine.training.head import TrainConfig
 
     one = sources.make_demo_dataset(num_classes=3, per_class=12, size=48, seed=1)
     two = sources.make_demo_dataset(num_classes=2, per_class=12, size=48, seed=2)

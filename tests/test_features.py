@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import backbones, features
-from engine.datasets import ImageRecord
+from engine.data.datasets import ImageRecord
+from engine.data.images import load_image, probe_image
 from engine.errors import BadImage, Cancelled, InvalidArgument, NotFound
-from engine.features import FeatureCache, extract_features, file_hash, model_key
-from engine.images import load_image, probe_image
+from engine.features import extract as features
+from engine.features.extract import FeatureCache, extract_features, file_hash, model_key
+from engine.models import backbones
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "mobilenet_0.25_128"  # the cheapest backbone: 128 px input, 256-d bottleneck
@@ -304,7 +305,7 @@ def test_cache_is_safe_with_concurrent_processes(tmp_path):
         f"""
         import sys, numpy as np
         sys.path.insert(0, {str(ROOT)!r})
-        from engine.features import FeatureCache
+        from engine.features.extract import FeatureCache
         cache = FeatureCache({str(root)!r})
         worker = int(sys.argv[1])
         for batch in range(20):

@@ -1,4 +1,4 @@
-"""engine.images: every odd colour mode, bit depth and broken file a user may drop in a folder."""
+"""engine.data.images: every odd colour mode, bit depth and broken file a user may drop in a folder."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import images
+from engine.data import images
+from engine.data.images import decode_image_bytes, load_image, probe_image
 from engine.errors import BadImage, InvalidArgument
-from engine.images import decode_image_bytes, load_image, probe_image
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 

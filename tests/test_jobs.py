@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from engine import jobs, worker
 from engine.errors import InvalidArgument, NotFound
-from engine.store import RunStore
+from engine.jobs import queue as jobs
+from engine.jobs import worker
+from engine.runs.store import RunStore
 
 DEADLINE = 60.0  # generous: the test machine is shared and slow to start interpreters
 
@@ -88,7 +89,7 @@ def test_a_worker_that_ignores_the_flag_is_terminated(store):
 
 
 def worker_alive(pid: int) -> bool:
-    from engine.store import process_alive
+    from engine.runs.store import process_alive
 
     return process_alive(pid, None, None, None)
 

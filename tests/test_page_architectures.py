@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import architecture
+from engine.models import architecture
 
 PAGE = str(Path(__file__).resolve().parents[1] / "dashboard" / "architectures.py")
 TIMEOUT = 120  # the first visit of a backbone builds its Keras model once
@@ -66,7 +66,7 @@ def test_layer_search_and_empty_selection():
 
 
 def test_no_cached_features_state(tmp_path, monkeypatch):
-    from engine.sources import make_demo_dataset
+    from engine.data.sources import make_demo_dataset
 
     folder = make_demo_dataset(tmp_path / "demo", num_classes=2, per_class=4, size=32)
     at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import bench, compare, convert
-from engine.store import RunStore
+from engine.export import compare, convert
+from engine.runs.store import RunStore
+from engine.timing import lab as bench
 
 PAGES = Path(__file__).resolve().parents[1] / "dashboard"
 TIMEOUT = 60

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import experiments, jobs, sources
-from engine.pipeline import RunConfig
-from engine.training import TrainConfig
+from engine.data import sources
+from engine.jobs import queue as jobs
+from engine.runs import experiments
+from engine.runs.retrain import RunConfig
+from engine.training.head import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # seconds per script run; the first imports are slow on a busy machine

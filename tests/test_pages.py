@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from engine import datasets, jobs
-from engine.store import RunStore
+from engine.data import datasets
+from engine.jobs import queue as jobs
+from engine.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["overview", "data", "train", "runs", "classify"]
@@ -45,8 +46,8 @@ def finished_run(source: Path, steps: int = 20) -> str:
     """Train a tiny run (random weights, demo images) through a job and wait for it to finish."""
     from dataclasses import asdict
 
-    from engine.pipeline import RunConfig
-    from engine.training import TrainConfig
+    from engine.runs.retrain import RunConfig
+    from engine.training.head import TrainConfig
 
     config = RunConfig(source=str(source), weights="random", train=TrainConfig(steps=steps, batch_size=16))
     job_id = jobs.start_job("retrain", asdict(config))
@@ -183,8 +184,8 @@ def test_train_starts_a_job_that_reaches_the_store(demo_dir):
 def test_train_refresh_finds_the_running_job(demo_dir):
     from dataclasses import asdict
 
-    from engine.pipeline import RunConfig
-    from engine.training import TrainConfig
+    from engine.runs.retrain import RunConfig
+    from engine.training.head import TrainConfig
 
     config = RunConfig(source=str(demo_dir), weights="random", train=TrainConfig(steps=100_000))
     job_id = jobs.start_job("retrain", asdict(config))
@@ -265,7 +266,7 @@ def test_classify_imagenet_offline_is_a_readable_error():
 
 # -- engine helpers the pages rely on (engine/uploads.py, engine/sysinfo.py) ---------------------------------
 def test_uploads_save_validate_and_never_overwrite():
-    from engine import uploads
+    from engine.data import uploads
     from engine.errors import DatasetError, InvalidArgument
 
     first = uploads.save_class_images(
@@ -293,7 +294,7 @@ def test_sysinfo_basic_facts_do_not_import_tensorflow():
     import sys
 
     code = (
-        "import sys, engine.sysinfo as s; f = s.basic_facts(); "
+        "import sys, engine.timing.machine as s; f = s.basic_facts(); "
         "print(f['cpu_cores'] > 0, 'tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -301,7 +302,7 @@ def test_sysinfo_basic_facts_do_not_import_tensorflow():
 
 
 def test_sysinfo_tensorrt_status_gives_reasons():
-    from engine import sysinfo
+    from engine.timing import machine as sysinfo
 
     basic = sysinfo.basic_facts()
     tf_facts = {"gpus": [], "is_tensorrt_build": False, "tensorflow_version": "2.x"}
@@ -333,7 +334,7 @@ def test_pages_without_models_do_not_import_tensorflow(demo_dir):
 
 
 def test_data_download_offline_is_a_readable_error(monkeypatch):
-    from engine import sources
+    from engine.data import sources
 
     # offline whatever the host, so this never starts a 218 MB download
     monkeypatch.setattr(sources, "network_available", lambda *a, **k: False)

@@ -7,10 +7,10 @@ import json
 import keras
 import pytest
 
-from engine.pipeline import RunConfig, retrain
-from engine.predict import Classifier
-from engine.store import RunStore
-from engine.training import TrainConfig
+from engine.export.predict import Classifier
+from engine.runs.retrain import RunConfig, retrain
+from engine.runs.store import RunStore
+from engine.training.head import TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import InvalidArgument
-from engine.pipeline import RunConfig, _MetricsBuffer
-from engine.store import RunStore
+from engine.runs.retrain import RunConfig, _MetricsBuffer
+from engine.runs.store import RunStore
 
 
 def test_metric_rows_are_batched_and_flushed_on_exit():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidArgument, NotFound
-from engine.store import SCHEMA_VERSION, RunStore, collect_environment, new_id
+from engine.runs.store import SCHEMA_VERSION, RunStore, collect_environment, new_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,7 @@ def test_schema_is_created_once_and_versioned(tmp_path):
 
 _WRITER = """
 import sys
-from engine.store import RunStore
+from engine.runs.store import RunStore
 db_path, shared_run, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = RunStore(db_path)
 own = store.create_run({"writer": True}, kind="writer")
@@ -183,7 +183,7 @@ def test_several_processes_write_at_once_without_losing_rows(tmp_path):
 def _spawn_run_owner(db_path: Path) -> tuple[subprocess.Popen, str]:
     script = textwrap.dedent(f"""
         import sys, time
-        from engine.store import RunStore
+        from engine.runs.store import RunStore
         run = RunStore({str(db_path)!r}).create_run({{"owner": "child"}})
         print(run.id, flush=True)
         time.sleep(120)

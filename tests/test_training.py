@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.errors import Cancelled, InvalidArgument
-from engine.training import (
+from engine.training.head import (
     HISTORY_KEYS,
     TrainConfig,
     evaluate,
@@ -283,7 +283,7 @@ def ft_config(**overrides) -> TrainConfig:
 
 @pytest.fixture
 def feature_model():
-    from engine.backbones import build_feature_extractor
+    from engine.models.backbones import build_feature_extractor
 
     return build_feature_extractor(BACKBONE, weights="random", seed=0)
 
@@ -292,7 +292,7 @@ def test_fine_tune_trains_top_layers_and_streams_rows(feature_model):
     images, labels = tiny_images()
     before = [w.numpy().copy() for w in feature_model.weights]
     events = []
-    from engine.training import fine_tune  # re-exported from engine.finetune
+    from engine.training.head import fine_tune  # re-exported from engine.training.finetune
 
     result = fine_tune(
         {"train": (images, labels), "validation": (images[:5], labels[:5])},
@@ -325,7 +325,7 @@ def test_fine_tune_trains_top_layers_and_streams_rows(feature_model):
 def test_fine_tune_from_a_tf_data_pipeline_with_adam_and_cancel(feature_model):
     import tensorflow as tf
 
-    from engine.finetune import fine_tune
+    from engine.training.finetune import fine_tune
 
     images, labels = tiny_images(side=128)
     pipeline = tf.data.Dataset.from_tensor_slices((images.astype(np.uint8), labels.astype(np.int64)))
@@ -351,8 +351,8 @@ def test_fine_tune_from_a_tf_data_pipeline_with_adam_and_cancel(feature_model):
 def test_fine_tune_reads_a_scanned_dataset(tmp_path, feature_model):
     from PIL import Image
 
-    from engine.datasets import Dataset, ImageRecord
-    from engine.finetune import fine_tune
+    from engine.data.datasets import Dataset, ImageRecord
+    from engine.training.finetune import fine_tune
 
     images, labels = tiny_images(n=9, side=48)
     records = []
@@ -368,7 +368,7 @@ def test_fine_tune_reads_a_scanned_dataset(tmp_path, feature_model):
 
 
 def test_fine_tune_refuses_bad_arguments(feature_model):
-    from engine.finetune import fine_tune
+    from engine.training.finetune import fine_tune
 
     images, labels = tiny_images()
     head = random_head(feature_model.output.shape[-1])
@@ -390,7 +390,7 @@ def test_fine_tune_refuses_bad_arguments(feature_model):
 def test_distortions_are_seeded_and_bounded():
     import tensorflow as tf
 
-    from engine.finetune import distort_image, precrop_size
+    from engine.training.finetune import distort_image, precrop_size
 
     image = tf.constant(np.random.default_rng(0).uniform(0, 255, (50, 60, 3)), tf.float32)
     config = ft_config(random_crop=20, random_scale=30, random_brightness=50)
@@ -413,8 +413,8 @@ def test_distortions_are_seeded_and_bounded():
 @pytest.mark.slow
 def test_fine_tune_changes_only_unfrozen_layers_of_the_real_backbone(seeded_keras_home):
     """Random-weight MobileNets output near-zero features, so gradient flow needs real weights."""
-    from engine.backbones import build_feature_extractor
-    from engine.finetune import fine_tune
+    from engine.models.backbones import build_feature_extractor
+    from engine.training.finetune import fine_tune
 
     model = build_feature_extractor("mobilenet_0.25_224", weights="imagenet")
     before = {w.path: w.numpy().copy() for w in model.weights}

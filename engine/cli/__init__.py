@@ -1,0 +1,1 @@
+"""`python -m engine ...`: one module per command group (argparse only)."""

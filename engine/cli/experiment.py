@@ -1,0 +1,218 @@
+"""CLI command `experiment`: learning-rate race, layer-freezing study, steps study, dataset comparison.
+
+`python -m engine experiment lr --image_dir DIR --rates 0.005,0.01,0.1,1.0 [--json]` and its siblings
+`freeze`, `steps`, `datasets`, `list` and `csv`. With `--json` the last stdout line is one JSON
+object; for the studies it holds `rows`, one entry per rate (layer count, dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.errors import InvalidArgument
+from engine.models import backbones
+from engine.training.summaries import NEVER, display
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _training_options(p: argparse.ArgumentParser, image_dir: bool = True) -> None:
+    if image_dir:
+        p.add_argument("--image_dir", required=True, help='folder of class subfolders, or "flowers" | "demo"')
+    p.add_argument("--architecture", default=backbones.DEFAULT_BACKBONE, help="a backbone name (see `arch`)")
+    p.add_argument("--weights", default="imagenet", choices=backbones.WEIGHTS_CHOICES)
+    p.add_argument("--steps", type=int, default=4000, help="head training steps per run")
+    p.add_argument("--learning_rate", type=float, default=0.01, help="(freeze, datasets) head learning rate")
+    p.add_argument("--schedule", default="constant", choices=("constant", "exponential", "cosine"))
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    p.add_argument("--batch_size", type=int, default=100)
+    p.add_argument("--eval_interval", type=int, default=10)
+    p.add_argument("--validation_percentage", type=int, default=10)
+    p.add_argument("--testing_percentage", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="a label for the experiment")
+    p.add_argument("--json", action="store_true", help="end stdout with one JSON object")
+
+
+def add_parser(subparsers) -> None:
+    exp = subparsers.add_parser("experiment", help="learning-rate race, freezing, steps and dataset studies")
+    studies = exp.add_subparsers(dest="study", required=True)
+
+    lr = studies.add_parser("lr", help="train one head per learning rate on one extraction")
+    _training_options(lr)
+    lr.add_argument("--rates", type=_floats, default=[0.005, 0.01, 0.1, 1.0], help="e.g. 0.005,0.01,0.1,1.0")
+    lr.add_argument("--target", type=float, default=0.8, help="validation accuracy to time each rate to")
+    lr.set_defaults(func=cmd_study, kind="lr_race")
+
+    fr = studies.add_parser("freeze", help="head only against unfreezing the top k backbone layers")
+    _training_options(fr)
+    fr.add_argument("--layers", type=_ints, default=[0, 2, 6], help="layer counts, 0 = head only")
+    fr.add_argument("--fine_tune_steps", type=int, default=100)
+    fr.add_argument("--fine_tune_batch_size", type=int, default=16)
+    fr.add_argument("--fine_tune_learning_rate", type=float, default=0.001)
+    fr.set_defaults(func=cmd_study, kind="freezing")
+
+    ds = studies.add_parser("datasets", help="the same settings on two or more datasets")
+    _training_options(ds, image_dir=False)
+    ds.add_argument("--image_dirs", required=True, help="comma-separated folders or named sources")
+    ds.set_defaults(func=cmd_study, kind="datasets")
+
+    st = studies.add_parser("steps", help="accuracy at chosen steps from one run's history (no retraining)")
+    st.add_argument("--run", required=True, help="run id (see `runs`)")
+    st.add_argument("--checkpoints", type=_ints, default=[100, 400, 1000, 4000])
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_steps)
+
+    ls = studies.add_parser("list", help="list stored experiments")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    csv = studies.add_parser("csv", help="print an experiment's result table as CSV")
+    csv.add_argument("experiment_id")
+    csv.set_defaults(func=cmd_csv)
+
+
+def _base_config(args: argparse.Namespace, source: str):
+    from engine.runs.retrain import RunConfig
+    from engine.training.head import TrainConfig
+
+    train = {
+        "learning_rate": args.learning_rate,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "eval_interval": args.eval_interval,
+        "optimizer": args.optimizer,
+        "schedule": args.schedule,
+        "seed": args.seed,
+    }
+    for key in ("fine_tune_steps", "fine_tune_batch_size", "fine_tune_learning_rate"):
+        if hasattr(args, key):
+            train[key] = getattr(args, key)
+    return RunConfig(
+        source=source,
+        architecture=args.architecture,
+        weights=args.weights,
+        validation_percentage=args.validation_percentage,
+        testing_percentage=args.testing_percentage,
+        train=TrainConfig(**train),
+    )
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from engine.cli.main import print_json
+    from engine.cli.runs import _Bar
+    from engine.runs import experiments
+
+    bar = _Bar(enabled=sys.stderr.isatty() or not args.json)
+    try:
+        if args.kind == "lr_race":
+            base = _base_config(args, args.image_dir)
+            result = experiments.lr_race(base, args.rates, args.target, progress=bar, name=args.name)
+        elif args.kind == "freezing":
+            base = _base_config(args, args.image_dir)
+            result = experiments.freezing_study(base, args.layers, progress=bar, name=args.name)
+        else:
+            sources = [s.strip() for s in args.image_dirs.split(",") if s.strip()]
+            if not sources:
+                raise InvalidArgument(f"--image_dirs needs folders, got {args.image_dirs!r}")
+            base = _base_config(args, sources[0])
+            result = experiments.dataset_comparison(base, sources, progress=bar, name=args.name)
+    finally:
+        bar.close()
+    print(f"Experiment {result.experiment_id} ({experiments.KINDS[result.kind]}), {result.seconds:.1f} s")
+    for stats in result.extraction:
+        where = f" [{stats['source']}]" if "source" in stats else ""
+        counts = f"{stats['misses']} extracted, {stats['hits']} from the cache"
+        print(f"Extraction{where}: {counts}, {stats['seconds']:.2f} s")
+    _print_rows(result.rows, result.kind)
+    if args.json:
+        print_json(result.as_dict())
+    return 0
+
+
+_TABLES = {
+    "lr_race": [("learning_rate", "rate", False), ("final_validation_accuracy", "val acc", True),
+                ("test_accuracy", "test acc", True), ("steps_to_target", "steps to target", False),
+                ("seconds_to_target", "s to target", False), ("final_cross_entropy", "cross-entropy", False),
+                ("flag", "flag", False)],
+    "freezing": [("name", "run", False), ("test_accuracy", "test acc", True),
+                 ("head_test_accuracy", "head only", True),
+                 ("trainable_parameters", "trainable params", False), ("seconds_per_step", "s/step", False),
+                 ("total_seconds", "total s", False)],
+    "datasets": [("name", "dataset", False), ("classes", "classes", False), ("images", "images", False),
+                 ("final_validation_accuracy", "val acc", True), ("test_accuracy", "test acc", True)],
+}  # fmt: skip
+
+
+def _print_rows(rows: list[dict], kind: str) -> None:
+    columns = _TABLES[kind]
+    cells = [[h for _, h, _ in columns]]
+    for row in rows:
+        line = []
+        for key, _, percent in columns:
+            value = row.get(key)
+            line.append(
+                NEVER if value is None and key.endswith("_to_target") else display(value, percent) or "-"
+            )
+        cells.append(line)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+    for row in rows:
+        if kind == "lr_race":
+            print(f"lr={row['learning_rate']:g}: {row['explanation']}")
+        elif kind == "datasets" and row.get("per_class_accuracy"):
+            print(f"{row['name']}: {row['per_class_accuracy']}")
+
+
+def cmd_steps(args: argparse.Namespace) -> int:
+    from engine.cli.main import print_json
+    from engine.runs import experiments
+
+    rows = experiments.steps_study(args.run, args.checkpoints)
+    for row in rows:
+        acc = display(row["validation_accuracy"], percent=True) or "-"
+        test = display(row["test_accuracy"], percent=True)
+        note = f"  ({row['note']})" if row["note"] else ""
+        print(
+            f"step {row['checkpoint']:>6}: validation accuracy {acc:>6}"
+            + (f", test {test}" if test else "")
+            + note
+        )
+    if args.json:
+        print_json({"run_id": args.run, "rows": rows})
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from engine.cli.main import print_json
+    from engine.runs import experiments
+
+    rows = experiments.list_experiments()
+    if not rows:
+        print("No experiments yet: try `python -m engine experiment lr --image_dir demo`.")
+    for row in rows:
+        print(f"{row['id']:<22} {row['label']:<22} {row['runs']:>3} runs  {row['name']}")
+    if args.json:
+        print_json({"experiments": rows})
+    return 0
+
+
+def cmd_csv(args: argparse.Namespace) -> int:
+    from engine.runs import experiments
+
+    sys.stdout.write(experiments.experiment_csv(args.experiment_id))
+    return 0

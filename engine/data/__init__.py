@@ -1,0 +1,1 @@
+"""Images in: safe decoding, dataset folders and splits, downloads, archives and uploads."""

@@ -1,0 +1,1 @@
+"""Model formats: conversion, runtimes (LiteRT, ONNX Runtime, TensorRT), prediction, comparison."""

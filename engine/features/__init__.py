@@ -1,0 +1,1 @@
+"""Bottleneck features: decoding, the batched forward pass, and their SQLite cache."""

@@ -1,0 +1,291 @@
+"""Background jobs: start long work in a detached worker process, follow its progress, cancel it.
+
+A job is a row in the run store's `jobs` table, written by the worker (`python -m engine.jobs.worker`)
+and polled by whoever shows it. The worker runs in its own session, so a Streamlit rerun or a
+closed browser tab does not stop it, and a new session finds it again with
+`list_jobs(active_only=True)`. A job whose worker died is reported as interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InvalidArgument, LabError, NotFound
+from engine.progress import CancelFn, ProgressFn, check_cancel, emit
+from engine.runs.store import RunStore, hostname, new_id, process_alive, to_json
+
+# kind -> "module:function"; the function is fn(params, progress, cancel, store) -> dict.
+# Import strings, not functions: the worker imports only what its job needs (TensorFlow is slow).
+JOB_KINDS: dict[str, str] = {
+    "retrain": "engine.runs.retrain:run_job",
+    "experiment": "engine.runs.experiments:run_job",
+    "count": "engine.jobs.queue:count_job",
+    "convert": "engine.export.convert:run_job",
+    "timing": "engine.timing.lab:run_job",
+}
+JOB_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+ACTIVE_STATUSES = ("queued", "running")
+CANCEL_GRACE_SECONDS = 5.0  # how long a worker gets to notice the cancel flag before it is terminated
+LOG_NAME = "worker.log"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A background job as last written by its worker; timestamps are Unix seconds."""
+
+    id: str
+    kind: str
+    status: str  # one of JOB_STATUSES
+    phase: str  # the current progress phase ("" before the first event)
+    done: int | float  # units of the phase (float only if the events sent fractions)
+    total: int | float  # 0 when the phase's size is unknown
+    message: str
+    eta_seconds: float | None  # time left in the current phase, from its rate so far
+    run_id: str | None
+    error: str | None  # a message for the user, never a traceback (that is in the log)
+    params: dict[str, Any]
+    result: dict[str, Any]
+    extra: dict[str, Any]  # latest extra fields of progress events (e.g. train_accuracy, hits)
+    pid: int | None
+    hostname: str | None
+    heartbeat: float | None
+    cancel_requested: float | None
+    created: float
+    updated: float
+    started: float | None
+    finished: float | None
+
+    @property
+    def active(self) -> bool:
+        """Queued or running."""
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def fraction(self) -> float:
+        """Progress of the current phase in [0, 1] (0 when the size is unknown)."""
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return asdict(self)
+
+
+def job_dir(job_id: str, store: RunStore | None = None) -> Path:
+    """The folder holding a job's log."""
+    return (store or RunStore()).root / "jobs" / job_id
+
+
+def job_log(job_id: str, store: RunStore | None = None, max_chars: int = 20_000) -> str:
+    """The end of a job's worker log (stdout, stderr and tracebacks); "" if there is none yet."""
+    path = job_dir(job_id, store) / LOG_NAME
+    if not path.exists():
+        return ""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - max_chars))
+        return f.read().decode("utf-8", errors="replace")
+
+
+def start_job(kind: str, params: dict[str, Any], store: RunStore | None = None) -> str:
+    """Start a job in a detached worker process and return its id at once.
+
+    Args:
+        kind: A key of JOB_KINDS.
+        params: JSON-able arguments for the kind's function.
+        store: The store holding the job row; the default store if None.
+
+    Raises:
+        InvalidArgument: Unknown kind or params that are not JSON-able.
+    """
+    store = store or RunStore()
+    if kind not in JOB_KINDS:
+        raise InvalidArgument(f"Unknown job kind {kind!r}; valid kinds: {', '.join(sorted(JOB_KINDS))}")
+    try:
+        params_json = to_json(params)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"Job parameters must be JSON data, got params={params!r} ({exc})") from exc
+    job_id, now = new_id(), time.time()
+    with store.write() as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, kind, status, params, hostname, created, updated)"
+            " VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+            (job_id, kind, params_json, hostname(), now, now),
+        )
+    _spawn_worker(job_id, store)
+    return job_id
+
+
+def _spawn_worker(job_id: str, store: RunStore) -> None:
+    folder = job_dir(job_id, store)
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    # the worker must import this engine even when started from another working directory
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "engine.jobs.worker", job_id, "--db", str(store.path)]
+    try:
+        with (folder / LOG_NAME).open("ab") as log:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # own session: survives the Streamlit script and its signals
+            )
+    except OSError as exc:
+        _set_final(store, job_id, "failed", f"Could not start the worker process: {exc}")
+        raise LabError(f"Could not start the worker process: {exc}") from exc
+    with store.write() as conn:
+        conn.execute(
+            "UPDATE jobs SET pid = ?, started = ? WHERE id = ? AND pid IS NULL",
+            (proc.pid, time.time(), job_id),
+        )
+
+
+def get_job(job_id: str, store: RunStore | None = None) -> Job:
+    """The job with this id; raises NotFound. An active job whose worker died is reported interrupted."""
+    store = store or RunStore()
+    row = store.connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"No job with id {job_id!r}")
+    return _job(_reconcile(store, row))
+
+
+def list_jobs(active_only: bool = False, store: RunStore | None = None, limit: int = 200) -> list[Job]:
+    """Jobs, newest first; with `active_only` just the queued and running ones (after reconciling)."""
+    store = store or RunStore()
+    sql = "SELECT * FROM jobs"
+    if active_only:
+        sql += " WHERE status IN ('queued', 'running')"
+    rows = store.connection().execute(sql + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    jobs = [_job(_reconcile(store, r)) for r in rows]
+    return [j for j in jobs if j.active] if active_only else jobs
+
+
+def cancel_job(
+    job_id: str,
+    store: RunStore | None = None,
+    grace_seconds: float = CANCEL_GRACE_SECONDS,
+    wait: bool = False,
+) -> Job:
+    """Ask a job to stop; terminate its worker if it has not stopped after `grace_seconds`.
+
+    Args:
+        job_id: The job.
+        store: The store holding it; the default store if None.
+        grace_seconds: Time the worker gets to stop by itself (it polls the flag between steps).
+        wait: Block until the job has stopped; otherwise a daemon thread enforces the deadline so
+            a page can return at once.
+
+    Returns:
+        The job as it is now (still running unless `wait` or it was not running).
+    """
+    store = store or RunStore()
+    job = get_job(job_id, store)
+    if not job.active:
+        return job
+    with store.write() as conn:
+        conn.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (time.time(), job_id))
+    enforce = threading.Thread(target=_enforce_cancel, args=(job_id, store.path, grace_seconds), daemon=True)
+    enforce.start()
+    if wait:
+        enforce.join()
+    return get_job(job_id, store)
+
+
+def _enforce_cancel(job_id: str, db_path: Path, grace_seconds: float) -> None:
+    store = RunStore(db_path)  # a thread of its own: its own store object, its own connection
+    deadline = time.time() + grace_seconds
+    while time.time() < deadline:
+        if not get_job(job_id, store).active:
+            return
+        time.sleep(0.1)
+    job = get_job(job_id, store)
+    if not job.active:
+        return
+    if job.pid and job.hostname == hostname():
+        _terminate(job.pid)
+    message = f"Cancelled: the job did not stop within {grace_seconds:g} s and was terminated"
+    _set_final(store, job_id, "cancelled", message)
+
+
+def _terminate(pid: int) -> None:
+    """SIGTERM the worker's process group, then SIGKILL what is left after a moment."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)  # the worker leads its own session and process group
+        except (ProcessLookupError, PermissionError):
+            return
+        for _ in range(30):
+            if not process_alive(pid, None, None, None):
+                return
+            time.sleep(0.1)
+
+
+def _set_final(store: RunStore, job_id: str, status: str, error: str | None) -> None:
+    now = time.time()
+    with store.write() as conn:
+        conn.execute(
+            "UPDATE jobs SET status = ?, error = ?, eta_seconds = NULL, finished = ?, updated = ?"
+            " WHERE id = ? AND status IN ('queued', 'running')",
+            (status, error, now, now, job_id),
+        )
+
+
+def _reconcile(store: RunStore, row: sqlite3.Row) -> sqlite3.Row:
+    """Report an active job whose worker is gone as interrupted (the same rule as runs)."""
+    if row["status"] not in ACTIVE_STATUSES or row["pid"] is None:
+        return row
+    if process_alive(row["pid"], row["hostname"], row["heartbeat"], row["started"]):
+        return row
+    _set_final(store, row["id"], "interrupted", f"The worker process (pid {row['pid']}) stopped unexpectedly")
+    return store.connection().execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+
+
+def _job(row: sqlite3.Row) -> Job:
+    values = dict(row)
+    for key in ("params", "result", "extra"):
+        values[key] = json.loads(values[key])
+    return Job(**values)
+
+
+def resolve_kind(kind: str) -> Callable[..., dict[str, Any]]:
+    """Import the function registered for `kind`; raises InvalidArgument for an unknown kind."""
+    if kind not in JOB_KINDS:
+        raise InvalidArgument(f"Unknown job kind {kind!r}; valid kinds: {', '.join(sorted(JOB_KINDS))}")
+    module_name, _, attr = JOB_KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def count_job(
+    params: dict[str, Any], progress: ProgressFn | None, cancel: CancelFn | None, store: RunStore | None
+) -> dict[str, Any]:
+    """The built-in "count" kind: count to `n`, sleeping `delay` s per step, to exercise the job machinery.
+
+    Params: n (int >= 0, default 10), delay (seconds >= 0, default 0.1), fail_at (optional step at
+    which an unexpected RuntimeError is raised, to check how crashes are reported).
+    """
+    n, delay, fail_at = params.get("n", 10), params.get("delay", 0.1), params.get("fail_at")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise InvalidArgument(f"count needs a whole number n >= 0, got n={n!r}")
+    if not isinstance(delay, int | float) or delay < 0:
+        raise InvalidArgument(f"count needs a delay >= 0 seconds, got delay={delay!r}")
+    for step in range(1, n + 1):
+        check_cancel(cancel)
+        time.sleep(delay)
+        if step == fail_at:
+            raise RuntimeError(f"deliberate failure at step {step}")
+        emit(progress, "count", step, n, f"Counted {step} of {n}", value=step)
+    return {"counted": n}

@@ -1,0 +1,1 @@
+"""The CPU vs GPU timing lab, its report format, and machine facts."""

@@ -1,0 +1,336 @@
+"""The timing lab: the same work phase by phase on the CPU and (when visible) the GPU.
+
+Phases: JPEG decode + resize, bottleneck extraction (batched forward), head training, single-image
+inference and batch inference, for chosen backbones (MobileNet against InceptionV3). Every report
+carries the machine and software it ran on, is saved under `lab_home()/timings/`, and can be
+exported and imported on another machine (a classmate's GPU) as JSON with a validated schema.
+Timing does not depend on weight values, so backbones are built with random weights (no download).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import config
+from engine.errors import InvalidArgument, NotFound
+from engine.models import backbones
+from engine.progress import CancelFn, ProgressFn, check_cancel, emit
+
+SCHEMA, SCHEMA_VERSION = "classifier-lab/timings", 1
+PHASES = ("decode", "extract", "train", "single", "batch")
+PHASE_LABELS = {
+    "decode": "Decode + resize (JPEG)",
+    "extract": "Bottleneck extraction",
+    "train": "Head training",
+    "single": "Single-image inference",
+    "batch": "Batch inference",
+}
+DEVICES = ("cpu", "gpu")
+DEFAULT_BACKBONES = ("mobilenet_0.25_224", "inception_v3")
+MAX_IMPORT_BYTES = 2_000_000
+
+
+class TimingsError(InvalidArgument):
+    """An imported timings file does not match the schema; the message says where and why."""
+
+
+def gpu_names() -> list[str]:
+    """GPUs TensorFlow can use here (empty on a CPU-only machine)."""
+    import tensorflow as tf
+
+    return [d.name for d in tf.config.list_physical_devices("GPU")]
+
+
+def machine_facts() -> dict[str, Any]:
+    """Hardware and software of this machine, recorded with every timing."""
+    from engine.timing import machine as sysinfo
+
+    basic = sysinfo.basic_facts()
+    tf_facts = sysinfo.tensorflow_facts()
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": basic["cpu_model"],
+        "cpu_cores": basic["usable_cores"],
+        "memory_gb": basic["memory_gb"],
+        "gpus": tf_facts["gpus"],
+        "python": basic["python"],
+        "platform": basic["platform"],
+        "tensorflow_version": tf_facts["tensorflow_version"],
+        "keras_version": tf_facts["keras_version"],
+        "cuda_version": tf_facts.get("cuda_version"),
+        "cudnn_version": tf_facts.get("cudnn_version"),
+    }
+
+
+def _row(backbone: str, phase: str, device: str, seconds: float, items: int, **extra) -> dict[str, Any]:
+    return {
+        "backbone": backbone,
+        "phase": phase,
+        "device": device,
+        "seconds": round(seconds, 6),
+        "items": int(items),
+        "per_item_ms": round(seconds / items * 1000, 4),
+        "items_per_second": round(items / seconds, 3) if seconds > 0 else None,
+        **extra,
+    }
+
+
+def _timed(fn, repeats: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return time.perf_counter() - start
+
+
+def _decode(paths: list[str], size: int) -> tuple[np.ndarray, float]:
+    from engine.data import images
+
+    start = time.perf_counter()
+    pixels = np.stack([images.load_image(p, size) for p in paths]).astype(np.float32)
+    return pixels, time.perf_counter() - start
+
+
+def _forward_fn(model, size: int):
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32)
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+
+def _device_phases(name, device, pixels, batch, single_runs, train_steps, cancel) -> list[dict[str, Any]]:
+    """extract, train, single and batch timings of one backbone on one device."""
+    import keras
+    import tensorflow as tf
+
+    from engine.training import head as training
+
+    size, dim = pixels.shape[1], backbones.get_backbone(name).feature_dim
+    rows = []
+    with tf.device(f"/{device.upper()}:0"):
+        extractor = backbones.build_feature_extractor(name, weights="random", seed=0)
+        head = keras.layers.Dense(5, activation="softmax", name="head")
+        classifier = keras.Model(extractor.input, head(extractor.output))
+        extract, classify = _forward_fn(extractor, size), _forward_fn(classifier, size)
+        first = _timed(lambda: extract(pixels[:batch]).numpy())  # tracing and graph set-up
+        chunks = [pixels[i : i + batch] for i in range(0, len(pixels), batch)]
+        seconds = _timed(lambda: [extract(c).numpy() for c in chunks])
+        rows.append(_row(name, "extract", device, seconds, len(pixels), batch_size=batch, first_call_s=first))
+        check_cancel(cancel)
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(400, dim)).astype(np.float32)
+        y = rng.integers(0, 5, 400).astype(np.int32)
+        cfg = training.TrainConfig(steps=train_steps, batch_size=100, eval_interval=10)
+        warm = training.TrainConfig(steps=10, batch_size=100, eval_interval=10)
+        training.train_head(x[:300], y[:300], x[300:], y[300:], 5, warm)
+        seconds = _timed(lambda: training.train_head(x[:300], y[:300], x[300:], y[300:], 5, cfg))
+        rows.append(_row(name, "train", device, seconds, train_steps, batch_size=100, eval_interval=10))
+        check_cancel(cancel)
+        one = pixels[:1]
+        for _ in range(3):
+            classify(one).numpy()
+        times = [_timed(lambda: classify(one).numpy()) for _ in range(single_runs)]
+        rows.append(
+            _row(name, "single", device, sum(times), single_runs, p50_ms=float(np.median(times)) * 1000)
+        )
+        check_cancel(cancel)
+        block = np.concatenate([pixels] * math.ceil(batch / len(pixels)))[:batch]
+        classify(block).numpy()
+        seconds = _timed(lambda: classify(block).numpy(), repeats=3)
+        rows.append(_row(name, "batch", device, seconds, 3 * batch, batch_size=batch))
+    return rows
+
+
+def lab_images(source: str = "demo", count: int = 32) -> list[str]:
+    """Up to `count` image files of a dataset source (spread over its classes, stable order)."""
+    from engine.data import datasets
+
+    data = datasets.scan_image_dir(datasets.resolve_source(source))
+    records = sorted(data.records, key=lambda r: (r.path.rsplit("/", 1)[-1], r.label))
+    return [r.path for r in records[:count]]
+
+
+def run_lab(
+    backbone_names: list[str] | tuple[str, ...] = DEFAULT_BACKBONES,
+    source: str = "demo",
+    images: int = 32,
+    batch_size: int = 32,
+    single_runs: int = 20,
+    train_steps: int = 200,
+    devices: list[str] | None = None,
+    label: str = "this machine",
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Time every phase for each backbone on each device and return (and save) the report.
+
+    Args:
+        devices: "cpu" and/or "gpu"; default: cpu, plus gpu when TensorFlow sees one. Asking for
+            "gpu" without one raises InvalidArgument saying so.
+    """
+    for name in backbone_names:
+        backbones.get_backbone(name)
+    for key, value in (("images", images), ("batch_size", batch_size), ("single_runs", single_runs)):
+        if not isinstance(value, int) or value < 1:
+            raise InvalidArgument(f"{key} must be a positive integer, got {key}={value!r}")
+    if not isinstance(train_steps, int) or train_steps < 10:
+        raise InvalidArgument(f"train_steps must be an integer >= 10, got train_steps={train_steps!r}")
+    gpus = gpu_names()
+    devices = list(devices or (["cpu", "gpu"] if gpus else ["cpu"]))
+    if "gpu" in devices and not gpus:
+        raise InvalidArgument("devices includes 'gpu' but TensorFlow sees no GPU on this machine")
+    paths = lab_images(source, images)
+    for path in paths:  # read once so decode timings measure decoding, not a cold disk
+        Path(path).read_bytes()
+    steps = len(backbone_names) * (1 + len(devices))
+    rows, step = [], 0
+    for name in backbone_names:
+        size = backbones.get_backbone(name).input_size
+        emit(progress, "bench", step, steps, f"{name}: decoding {len(paths)} images")
+        pixels, seconds = _decode(paths, size)
+        rows.append(_row(name, "decode", "cpu", seconds, len(paths), image_size=size))
+        step += 1
+        for device in devices:
+            check_cancel(cancel)
+            emit(progress, "bench", step, steps, f"{name}: timing on the {device.upper()}", device=device)
+            rows += _device_phases(name, device, pixels, batch_size, single_runs, train_steps, cancel)
+            step += 1
+    emit(progress, "bench", steps, steps, "Timing lab finished")
+    report = {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "label": label,
+        "origin": "measured",
+        "created": time.time(),
+        "machine": machine_facts(),
+        "settings": {
+            "source": source,
+            "images": len(paths),
+            "batch_size": batch_size,
+            "single_runs": single_runs,
+            "train_steps": train_steps,
+            "weights": "random (timing does not depend on weight values)",
+        },
+        "timings": rows,
+    }
+    if save:
+        report["id"] = save_timings(report).stem
+    return report
+
+
+def speedups(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per backbone and phase: CPU and GPU per-item times and the GPU's speed-up (None without GPU)."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in report["timings"]:
+        key = (row["backbone"], row["phase"])
+        entry = table.setdefault(key, {"backbone": key[0], "phase": key[1], "cpu_ms": None, "gpu_ms": None})
+        entry[f"{row['device']}_ms"] = row["per_item_ms"]
+    for entry in table.values():
+        cpu, gpu = entry["cpu_ms"], entry["gpu_ms"]
+        entry["speedup"] = round(cpu / gpu, 3) if cpu and gpu else None
+    return list(table.values())
+
+
+def explain(report: dict[str, Any]) -> list[str]:
+    """Plain-language notes on where the GPU helps, where it does not, and why."""
+    from engine.timing.report import explain_rows
+
+    return explain_rows(speedups(report), report.get("machine", {}))
+
+
+# --- storage, export and import -------------------------------------------------------------------
+def timings_dir() -> Path:
+    path = config.lab_home() / "timings"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "timings"
+
+
+def save_timings(report: dict[str, Any]) -> Path:
+    """Write a (validated) report to `timings/<time>-<label>.json` and return the path."""
+    validate_timings(report)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(report.get("created") or time.time()))
+    path = timings_dir() / f"{stamp}-{_slug(report['label'])}.json"
+    n = 1
+    while path.exists():
+        n += 1
+        path = path.with_name(f"{stamp}-{_slug(report['label'])}-{n}.json")
+    report = {**report, "id": path.stem}
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
+def list_timings() -> list[dict[str, Any]]:
+    """Every saved report (measured here or imported), newest first; unreadable files are skipped."""
+    reports = []
+    for path in sorted(timings_dir().glob("*.json"), reverse=True):
+        try:
+            reports.append(validate_timings(json.loads(path.read_text())) | {"id": path.stem})
+        except (OSError, ValueError):
+            continue
+    return reports
+
+
+def load_timings(report_id: str) -> dict[str, Any]:
+    path = timings_dir() / f"{report_id}.json"
+    if not path.is_file():
+        raise NotFound(f"No saved timings {report_id!r} in {timings_dir()}")
+    return validate_timings(json.loads(path.read_text()))
+
+
+def import_timings(data: bytes | str | Path, label: str | None = None) -> dict[str, Any]:
+    """Validate a timings JSON file from another machine and save it, labelled, beside ours.
+
+    Raises:
+        TimingsError: not JSON, too big, or not matching the schema (the message says where).
+    """
+    if isinstance(data, Path) or (isinstance(data, str) and not data.lstrip().startswith("{")):
+        data = Path(data).read_bytes()
+    if len(data) > MAX_IMPORT_BYTES:
+        raise TimingsError(f"Timings file is {len(data):,} bytes; the limit is {MAX_IMPORT_BYTES:,}")
+    try:
+        report = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TimingsError(f"Timings file is not valid JSON: {exc}") from None
+    report = validate_timings(report)
+    report = {**report, "origin": "imported", "label": (label or report["label"]).strip() or report["label"]}
+    report["id"] = save_timings(report).stem
+    return report
+
+
+def validate_timings(report: Any) -> dict[str, Any]:
+    """Check a timings report against the schema; returns it or raises TimingsError naming the field."""
+    from engine.timing.report import check_schema
+
+    check_schema(report, PHASES, DEVICES, SCHEMA, SCHEMA_VERSION, TimingsError)
+    return report
+
+
+def run_job(params: dict[str, Any], progress=None, cancel=None, store=None) -> dict[str, Any]:
+    """Job entry point (kind "timing"): params are run_lab's keyword arguments."""
+    allowed = {
+        "backbone_names",
+        "source",
+        "images",
+        "batch_size",
+        "single_runs",
+        "train_steps",
+        "devices",
+        "label",
+    }
+    unknown = set(params) - allowed
+    if unknown:
+        raise InvalidArgument(f"Unknown timing lab parameters {sorted(unknown)}; valid: {sorted(allowed)}")
+    report = run_lab(**params, progress=progress, cancel=cancel)
+    return {"timings_id": report["id"], "rows": len(report["timings"]), "gpus": report["machine"]["gpus"]}
