@@ -1,16 +1,71 @@
-"""Where the lab keeps its data: one setting, `LAB_HOME`; Keras weights stay in `KERAS_HOME`."""
+"""Where the lab keeps its data: one setting, `LAB_HOME`; Keras weights stay in `KERAS_HOME`.
+
+Every folder and file of the data directory is named here and nowhere else:
+
+    $LAB_HOME/
+        lab.sqlite          runs, experiments, metrics, jobs (engine.runs.store)
+        runs/<run_id>/      one portable folder per run
+        jobs/<job_id>/      a job's log
+        datasets/           downloaded and demo datasets; uploads/ extracted uploads; downloads/ archives
+        cache/              the bottleneck cache; architecture/ analysed models
+        timings/            timing lab reports, measured here or imported
+
+Functions that take `home` answer for another data directory (a store opened on a given file);
+by default they use `lab_home()`. Every folder is created on first use; a data directory that is a
+file or is not writable raises a `LabError` that names the path and what to do.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from engine.errors import LabError
+
+STORE_FILE = "lab.sqlite"
+
+
+def _ensure_dir(path: Path) -> Path:
+    """Create `path` (and parents) and check it is a writable folder, or raise a LabError saying why."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise LabError(
+            f"Data directory {path} is a file, not a folder: move it away or set LAB_HOME to a folder"
+        ) from None
+    except NotADirectoryError:
+        raise LabError(
+            f"Cannot create {path}: a part of that path is a file, not a folder; set LAB_HOME to a folder"
+        ) from None
+    except PermissionError:
+        raise LabError(
+            f"Cannot create {path}: permission denied; set LAB_HOME to a folder you can write to"
+        ) from None
+    except OSError as exc:
+        raise LabError(
+            f"Cannot create {path}: {exc.strerror or exc}; set LAB_HOME to a usable folder"
+        ) from None
+    if not path.is_dir():
+        raise LabError(f"{path} is not a folder: move it away or set LAB_HOME to a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise LabError(
+            f"{path} is not writable: fix its permissions or set LAB_HOME to a folder you can write to"
+        )
+    return path
+
 
 def lab_home() -> Path:
-    """The data directory: `$LAB_HOME`, default `~/.classifier_lab`. Created on first use."""
-    root = Path(os.environ.get("LAB_HOME") or Path.home() / ".classifier_lab").expanduser()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    """The data directory: `$LAB_HOME`, default `~/.classifier_lab`. Created on first use.
+
+    Raises:
+        LabError: it is a file, cannot be created, or is not writable.
+    """
+    return _ensure_dir(Path(os.environ.get("LAB_HOME") or Path.home() / ".classifier_lab").expanduser())
+
+
+def _sub(home: str | Path | None, *parts: str) -> Path:
+    root = Path(home) if home is not None else lab_home()
+    return _ensure_dir(root.joinpath(*parts))
 
 
 def keras_home() -> Path:
@@ -23,22 +78,47 @@ def keras_models_dir() -> Path:
     return keras_home() / "models"
 
 
+def store_file(home: str | Path | None = None) -> Path:
+    """The SQLite file of runs, experiments, metrics and jobs."""
+    root = _ensure_dir(Path(home)) if home is not None else lab_home()
+    return root / STORE_FILE
+
+
+def runs_dir(home: str | Path | None = None) -> Path:
+    """One folder per run holding its portable artifacts."""
+    return _sub(home, "runs")
+
+
+def jobs_dir(home: str | Path | None = None) -> Path:
+    """One folder per job holding its log."""
+    return _sub(home, "jobs")
+
+
 def datasets_dir() -> Path:
     """Downloaded, extracted and uploaded datasets."""
-    path = lab_home() / "datasets"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _sub(None, "datasets")
+
+
+def uploads_dir() -> Path:
+    """Extracted uploads, one folder per dataset name (inside `datasets_dir()`)."""
+    return _sub(None, "datasets", "uploads")
+
+
+def downloads_dir() -> Path:
+    """Downloaded dataset archives, kept so a dataset can be extracted again offline."""
+    return _sub(None, "datasets", "downloads")
 
 
 def cache_dir() -> Path:
     """The bottleneck (feature) cache."""
-    path = lab_home() / "cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _sub(None, "cache")
 
 
-def runs_dir() -> Path:
-    """One folder per run holding its portable artifacts."""
-    path = lab_home() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def architecture_cache_dir() -> Path:
+    """Analysed architectures (JSON per backbone and Keras version)."""
+    return _sub(None, "cache", "architecture")
+
+
+def timings_dir() -> Path:
+    """Timing lab reports, measured here or imported."""
+    return _sub(None, "timings")

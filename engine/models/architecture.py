@@ -2,7 +2,7 @@
 
 The model is built once with random weights (structure needs no weights), reduced to one plain
 record per operation (name, Keras class, shapes, parameters, MACs, block), cached as JSON under
-`config.cache_dir()/architecture/` and read back from there, so nothing after the first build
+`config.architecture_cache_dir()` and read back from there, so nothing after the first build
 imports TensorFlow. Totals, per-block breakdowns, layer freezing plans and comparisons are all
 sums over those records. MAC conventions: see engine/macs.py.
 """
@@ -209,7 +209,7 @@ def clear_memory(name: str | None = None) -> None:
 
 def _cache_path(name: str) -> Path:
     version = metadata.version("keras")
-    return config.cache_dir() / "architecture" / f"{name}-keras{version}-v{_SCHEMA}.json"
+    return config.architecture_cache_dir() / f"{name}-keras{version}-v{_SCHEMA}.json"
 
 
 def _read_cache(path: Path) -> dict | None:

@@ -248,9 +248,8 @@ def explain(report: dict[str, Any]) -> list[str]:
 
 # --- storage, export and import -------------------------------------------------------------------
 def timings_dir() -> Path:
-    path = config.lab_home() / "timings"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Where reports are saved (`config.timings_dir()`)."""
+    return config.timings_dir()
 
 
 def _slug(text: str) -> str:
