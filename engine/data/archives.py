@@ -36,9 +36,7 @@ _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 
 def uploads_dir() -> Path:
     """Where extracted uploads live, one folder per dataset name."""
-    path = config.datasets_dir() / "uploads"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return config.uploads_dir()
 
 
 def check_dataset_name(name: str) -> str:

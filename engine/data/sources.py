@@ -64,7 +64,7 @@ def download_flowers(progress: ProgressFn | None = None, cancel: CancelFn | None
     final = root / FLOWERS_DIR
     if final.is_dir():
         return final
-    archive = root / "downloads" / "flower_photos.tgz"
+    archive = config.downloads_dir() / "flower_photos.tgz"
     check_cancel(cancel)
     if not archive.is_file():
         _require_network(
@@ -77,7 +77,7 @@ def download_flowers(progress: ProgressFn | None = None, cancel: CancelFn | None
 
         try:
             keras.utils.get_file(
-                "flower_photos.tgz", FLOWERS_URL, cache_dir=str(root), cache_subdir="downloads"
+                "flower_photos.tgz", FLOWERS_URL, cache_dir=str(archive.parent), cache_subdir="."
             )
         except Exception as exc:  # urllib raises many kinds; the user needs one message
             raise NetworkUnavailable(f"Downloading {FLOWERS_URL} failed: {exc}") from exc

@@ -102,7 +102,7 @@ def stored_datasets() -> dict[str, Path]:
     found: dict[str, Path] = {}
     root = config.datasets_dir()
     for folder in sorted(root.iterdir()):
-        if not folder.is_dir() or folder.name.startswith(".") or folder.name == "uploads":
+        if not folder.is_dir() or folder.name.startswith(".") or folder == config.uploads_dir():
             continue
         if _has_class_folders(folder):
             found[folder.name] = folder

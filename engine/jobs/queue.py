@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import config
 from engine.errors import InvalidArgument, LabError, NotFound
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 from engine.runs.store import RunStore, hostname, new_id, process_alive, to_json
@@ -84,7 +85,7 @@ class Job:
 
 def job_dir(job_id: str, store: RunStore | None = None) -> Path:
     """The folder holding a job's log."""
-    return (store or RunStore()).root / "jobs" / job_id
+    return config.jobs_dir((store or RunStore()).root) / job_id
 
 
 def job_log(job_id: str, store: RunStore | None = None, max_chars: int = 20_000) -> str:

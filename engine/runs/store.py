@@ -185,7 +185,7 @@ class RunStore:
     """
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else config.lab_home() / "lab.sqlite"
+        self.path = Path(path) if path is not None else config.store_file()
         self.root = self.path.parent
         self.root.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -331,7 +331,7 @@ class RunStore:
     # -- runs: reading -----------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
         """The run's artifact folder (created by `create_run`)."""
-        return self.root / "runs" / run_id
+        return config.runs_dir(self.root) / run_id
 
     def get_run(self, run_id: str) -> Run:
         """The run with this id; raises NotFound. A running run whose process died becomes interrupted."""
