@@ -73,3 +73,63 @@ def test_expected_failures_are_one_line_without_traceback(args, needle):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert needle in proc.stderr
+
+
+def _subparser(parser, *path):
+    import argparse
+
+    for name in path:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def test_training_flags_default_to_train_config_and_run_config():
+    """No default is copied into the CLI: retrain's and every study's flags read TrainConfig()."""
+    from dataclasses import fields
+
+    from engine.cli.main import build_parser
+    from engine.runs import experiments
+    from engine.runs.retrain import RunConfig
+    from engine.training.head import TrainConfig
+
+    train = TrainConfig()
+    run = {f.name: f.default for f in fields(RunConfig) if f.name in ("architecture", "weights")}
+    parser = build_parser()
+    retrain = vars(_subparser(parser, "retrain").parse_args(["--image_dir", "demo"]))
+    assert retrain["learning_rate"] == train.learning_rate
+    assert retrain["how_many_training_steps"] == train.steps
+    assert retrain["train_batch_size"] == train.batch_size
+    assert retrain["eval_step_interval"] == train.eval_interval
+    assert (retrain["optimizer"], retrain["seed"]) == (train.optimizer, train.seed)
+    assert retrain["fine_tune_layers"] == train.fine_tune_layers
+    assert {k: retrain[k] for k in run} == run
+    freeze = vars(_subparser(parser, "experiment", "freeze").parse_args(["--image_dir", "demo"]))
+    for key in ("steps", "batch_size", "eval_interval", "learning_rate", "optimizer", "schedule", "seed"):
+        assert freeze[key] == getattr(train, key), key
+    for key in ("fine_tune_steps", "fine_tune_batch_size", "fine_tune_learning_rate"):
+        assert freeze[key] == getattr(train, key), key
+    assert freeze["layers"] == list(experiments.DEFAULT_LAYERS)
+    race = vars(_subparser(parser, "experiment", "lr").parse_args(["--image_dir", "demo"]))
+    assert (race["rates"], race["target"]) == (list(experiments.DEFAULT_RATES), experiments.DEFAULT_TARGET)
+
+
+def test_bad_list_flag_echoes_the_bad_item(capsys):
+    from engine.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", "lr", "--image_dir", "demo", "--rates", "0.01, fast ,0.1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --rates" in err and "'fast'" in err and "Traceback" not in err
+
+
+def test_parse_list_is_shared_by_cli_and_pages():
+    from engine.errors import InvalidArgument
+    from engine.params import parse_list
+
+    assert parse_list(" 0.005, 0.01;0.1 ,, ", float) == [0.005, 0.01, 0.1]
+    assert parse_list("flowers,beans;", str) == ["flowers", "beans"]
+    assert parse_list("", int) == []
+    with pytest.raises(InvalidArgument, match=r"Layer counts must be comma-separated whole numbers, got '2.5'"):
+        parse_list("0, 2.5", int, "Layer counts")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from engine.cli.output import print_json
 from engine.models import backbones
 
 
@@ -28,12 +29,12 @@ def _m(value: float) -> str:
 
 
 def cmd_arch(args: argparse.Namespace) -> int:
-    from engine.models import explain as arch_explain
+    from engine.models import explain
     from engine.models.architecture import analyze, block_row
 
     backbones.get_backbone(args.name)  # unknown name: NotFound lists the valid ones (exit code 2)
     arch = analyze(args.name)
-    published = arch_explain.PUBLISHED.get(args.name)
+    published = explain.PUBLISHED.get(args.name)
     shape = "×".join(map(str, arch.bottleneck_shape))
     print(f"{arch.name} ({arch.family}) — counted from Keras {arch.keras_version}")
     print(
@@ -75,7 +76,5 @@ def cmd_arch(args: argparse.Namespace) -> int:
                     f"{r.params:>10,} {r.macs:>14,}"
                 )
     if args.json:
-        from engine.cli.main import print_json
-
         print_json({**arch.summary(args.num_classes), "published": published})
     return 0

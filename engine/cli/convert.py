@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
+from engine.cli.options import parse_list
+from engine.cli.output import print_json
+from engine.export.convert import DEFAULT_FORMATS
 from engine.export.runtimes import FORMATS
+from engine.timing import lab
+
+# the timing lab's own defaults (images, batch size, training steps, label)
+LAB_DEFAULTS = {name: p.default for name, p in inspect.signature(lab.run_lab).parameters.items()}
 
 
 def add_parser(subparsers) -> None:
@@ -15,7 +23,7 @@ def add_parser(subparsers) -> None:
     c.add_argument("--run", required=True, help="run id (see `runs`)")
     c.add_argument(
         "--to",
-        default="savedmodel,tflite-fp32,tflite-fp16,tflite-dynamic,tflite-int8,onnx",
+        default=",".join(DEFAULT_FORMATS),
         help=f"comma-separated formats, or 'all': {', '.join(FORMATS)}",
     )
     c.add_argument("--force", action="store_true", help="convert again even if an export exists")
@@ -24,12 +32,16 @@ def add_parser(subparsers) -> None:
     c.set_defaults(func=cmd_convert)
 
     t = subparsers.add_parser("timing", help="time decode/extract/train/inference on CPU and GPU")
-    t.add_argument("--backbones", default="mobilenet_0.25_224,inception_v3", help="comma-separated names")
-    t.add_argument("--source", default="demo", help='image source for decoding: a folder, "flowers", "demo"')
-    t.add_argument("--images", type=int, default=32)
-    t.add_argument("--batch_size", type=int, default=32)
-    t.add_argument("--train_steps", type=int, default=200)
-    t.add_argument("--label", default="this machine", help="how this machine is named in charts")
+    t.add_argument("--backbones", default=",".join(lab.DEFAULT_BACKBONES), help="comma-separated names")
+    t.add_argument(
+        "--source",
+        default=LAB_DEFAULTS["source"],
+        help='image source for decoding: a folder, "flowers", "demo"',
+    )
+    t.add_argument("--images", type=int, default=LAB_DEFAULTS["images"])
+    t.add_argument("--batch_size", type=int, default=LAB_DEFAULTS["batch_size"])
+    t.add_argument("--train_steps", type=int, default=LAB_DEFAULTS["train_steps"])
+    t.add_argument("--label", default=LAB_DEFAULTS["label"], help="how this machine is named in charts")
     t.add_argument("--import_file", default=None, help="import a timings JSON from another machine instead")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_timing)
@@ -44,7 +56,6 @@ def _mb(size) -> str:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from engine.cli.main import print_json
     from engine.export import convert
 
     result = convert.convert_run(args.run, args.to, progress=_progress, force=args.force)
@@ -76,18 +87,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_timing(args: argparse.Namespace) -> int:
-    from engine.cli.main import print_json
-    from engine.timing import lab as bench
-
     if args.import_file:
-        report = bench.import_timings(
-            args.import_file, label=None if args.label == "this machine" else args.label
-        )
+        # an imported file keeps its own machine's label unless one is given
+        label = None if args.label == LAB_DEFAULTS["label"] else args.label
+        report = lab.import_timings(args.import_file, label=label)
         machine = report["machine"]["cpu_model"]
         print(f"Imported {len(report['timings'])} timings from {machine} as {report['id']}")
     else:
-        names = [n.strip() for n in args.backbones.split(",") if n.strip()]
-        report = bench.run_lab(
+        names = parse_list(args.backbones)
+        report = lab.run_lab(
             names,
             source=args.source,
             images=args.images,
@@ -97,13 +105,13 @@ def cmd_timing(args: argparse.Namespace) -> int:
             progress=_progress,
         )
         print(f"{'backbone':<22} {'phase':<8} {'CPU ms/item':>12} {'GPU ms/item':>12} {'speed-up':>9}")
-        for r in bench.speedups(report):
+        for r in lab.speedups(report):
             gpu = "-" if r["gpu_ms"] is None else f"{r['gpu_ms']:.3f}"
             up = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
             print(f"{r['backbone']:<22} {r['phase']:<8} {r['cpu_ms']:12.3f} {gpu:>12} {up:>9}")
-        for note in bench.explain(report):
+        for note in lab.explain(report):
             print("- " + note)
-        print(f"Saved as {report['id']} in {bench.timings_dir()}")
+        print(f"Saved as {report['id']} in {lab.timings_dir()}")
     if args.json:
         print_json(report)
     return 0

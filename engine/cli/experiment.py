@@ -10,39 +10,35 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.cli.options import OPTIMIZERS, RUN, SCHEDULES, TRAIN, floats, ints, parse_list
+from engine.cli.output import ProgressBar, print_json
 from engine.errors import InvalidArgument
 from engine.models import backbones
+from engine.runs import experiments
+from engine.runs.retrain import RunConfig
+from engine.training.head import TrainConfig
 from engine.training.summaries import NEVER, display
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
 def _training_options(p: argparse.ArgumentParser, image_dir: bool = True) -> None:
     if image_dir:
         p.add_argument("--image_dir", required=True, help='folder of class subfolders, or "flowers" | "demo"')
-    p.add_argument("--architecture", default=backbones.DEFAULT_BACKBONE, help="a backbone name (see `arch`)")
-    p.add_argument("--weights", default="imagenet", choices=backbones.WEIGHTS_CHOICES)
-    p.add_argument("--steps", type=int, default=4000, help="head training steps per run")
-    p.add_argument("--learning_rate", type=float, default=0.01, help="(freeze, datasets) head learning rate")
-    p.add_argument("--schedule", default="constant", choices=("constant", "exponential", "cosine"))
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
-    p.add_argument("--batch_size", type=int, default=100)
-    p.add_argument("--eval_interval", type=int, default=10)
-    p.add_argument("--validation_percentage", type=int, default=10)
-    p.add_argument("--testing_percentage", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--architecture", default=RUN["architecture"], help="a backbone name (see `arch`)")
+    p.add_argument("--weights", default=RUN["weights"], choices=backbones.WEIGHTS_CHOICES)
+    p.add_argument("--steps", type=int, default=TRAIN.steps, help="head training steps per run")
+    p.add_argument(
+        "--learning_rate",
+        type=float,
+        default=TRAIN.learning_rate,
+        help="(freeze, datasets) head learning rate",
+    )
+    p.add_argument("--schedule", default=TRAIN.schedule, choices=SCHEDULES)
+    p.add_argument("--optimizer", default=TRAIN.optimizer, choices=OPTIMIZERS)
+    p.add_argument("--batch_size", type=int, default=TRAIN.batch_size)
+    p.add_argument("--eval_interval", type=int, default=TRAIN.eval_interval)
+    p.add_argument("--validation_percentage", type=int, default=RUN["validation_percentage"])
+    p.add_argument("--testing_percentage", type=int, default=RUN["testing_percentage"])
+    p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--name", default=None, help="a label for the experiment")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object")
 
@@ -53,16 +49,25 @@ def add_parser(subparsers) -> None:
 
     lr = studies.add_parser("lr", help="train one head per learning rate on one extraction")
     _training_options(lr)
-    lr.add_argument("--rates", type=_floats, default=[0.005, 0.01, 0.1, 1.0], help="e.g. 0.005,0.01,0.1,1.0")
-    lr.add_argument("--target", type=float, default=0.8, help="validation accuracy to time each rate to")
+    lr.add_argument(
+        "--rates", type=floats, default=list(experiments.DEFAULT_RATES), help="e.g. 0.005,0.01,0.1,1.0"
+    )
+    lr.add_argument(
+        "--target",
+        type=float,
+        default=experiments.DEFAULT_TARGET,
+        help="validation accuracy to time each rate to",
+    )
     lr.set_defaults(func=cmd_study, kind="lr_race")
 
     fr = studies.add_parser("freeze", help="head only against unfreezing the top k backbone layers")
     _training_options(fr)
-    fr.add_argument("--layers", type=_ints, default=[0, 2, 6], help="layer counts, 0 = head only")
-    fr.add_argument("--fine_tune_steps", type=int, default=100)
-    fr.add_argument("--fine_tune_batch_size", type=int, default=16)
-    fr.add_argument("--fine_tune_learning_rate", type=float, default=0.001)
+    fr.add_argument(
+        "--layers", type=ints, default=list(experiments.DEFAULT_LAYERS), help="layer counts, 0 = head only"
+    )
+    fr.add_argument("--fine_tune_steps", type=int, default=TRAIN.fine_tune_steps)
+    fr.add_argument("--fine_tune_batch_size", type=int, default=TRAIN.fine_tune_batch_size)
+    fr.add_argument("--fine_tune_learning_rate", type=float, default=TRAIN.fine_tune_learning_rate)
     fr.set_defaults(func=cmd_study, kind="freezing")
 
     ds = studies.add_parser("datasets", help="the same settings on two or more datasets")
@@ -72,7 +77,7 @@ def add_parser(subparsers) -> None:
 
     st = studies.add_parser("steps", help="accuracy at chosen steps from one run's history (no retraining)")
     st.add_argument("--run", required=True, help="run id (see `runs`)")
-    st.add_argument("--checkpoints", type=_ints, default=[100, 400, 1000, 4000])
+    st.add_argument("--checkpoints", type=ints, default=list(experiments.DEFAULT_CHECKPOINTS))
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_steps)
 
@@ -85,10 +90,7 @@ def add_parser(subparsers) -> None:
     csv.set_defaults(func=cmd_csv)
 
 
-def _base_config(args: argparse.Namespace, source: str):
-    from engine.runs.retrain import RunConfig
-    from engine.training.head import TrainConfig
-
+def _base_config(args: argparse.Namespace, source: str) -> RunConfig:
     train = {
         "learning_rate": args.learning_rate,
         "steps": args.steps,
@@ -112,11 +114,7 @@ def _base_config(args: argparse.Namespace, source: str):
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from engine.cli.main import print_json
-    from engine.cli.runs import _Bar
-    from engine.runs import experiments
-
-    bar = _Bar(enabled=sys.stderr.isatty() or not args.json)
+    bar = ProgressBar(enabled=sys.stderr.isatty() or not args.json)
     try:
         if args.kind == "lr_race":
             base = _base_config(args, args.image_dir)
@@ -125,7 +123,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             base = _base_config(args, args.image_dir)
             result = experiments.freezing_study(base, args.layers, progress=bar, name=args.name)
         else:
-            sources = [s.strip() for s in args.image_dirs.split(",") if s.strip()]
+            sources = parse_list(args.image_dirs)
             if not sources:
                 raise InvalidArgument(f"--image_dirs needs folders, got {args.image_dirs!r}")
             base = _base_config(args, sources[0])
@@ -179,9 +177,6 @@ def _print_rows(rows: list[dict], kind: str) -> None:
 
 
 def cmd_steps(args: argparse.Namespace) -> int:
-    from engine.cli.main import print_json
-    from engine.runs import experiments
-
     rows = experiments.steps_study(args.run, args.checkpoints)
     for row in rows:
         acc = display(row["validation_accuracy"], percent=True) or "-"
@@ -198,9 +193,6 @@ def cmd_steps(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.cli.main import print_json
-    from engine.runs import experiments
-
     rows = experiments.list_experiments()
     if not rows:
         print("No experiments yet: try `python -m engine experiment lr --image_dir demo`.")
@@ -212,7 +204,5 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_csv(args: argparse.Namespace) -> int:
-    from engine.runs import experiments
-
     sys.stdout.write(experiments.experiment_csv(args.experiment_id))
     return 0

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.cli.options import OPTIMIZERS, RUN, TRAIN
+from engine.cli.output import ProgressBar, print_json
 from engine.export.runtimes import FORMATS
 from engine.models import backbones
+from engine.runs.retrain import RunConfig
+from engine.training.head import TrainConfig
 
 
 def add_parser(subparsers) -> None:
@@ -14,17 +18,22 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--image_dir", required=True, help='folder of class subfolders, or "flowers" | "beans" | "demo"'
     )
-    p.add_argument("--architecture", default=backbones.DEFAULT_BACKBONE, help="a backbone name (see `arch`)")
-    p.add_argument("--weights", default="imagenet", choices=backbones.WEIGHTS_CHOICES)
-    p.add_argument("--learning_rate", type=float, default=0.01)
-    p.add_argument("--how_many_training_steps", type=int, default=4000)
-    p.add_argument("--train_batch_size", type=int, default=100)
-    p.add_argument("--eval_step_interval", type=int, default=10)
-    p.add_argument("--testing_percentage", type=int, default=10)
-    p.add_argument("--validation_percentage", type=int, default=10)
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
-    p.add_argument("--fine_tune_layers", type=int, default=0, help="unfreeze this many top backbone layers")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--architecture", default=RUN["architecture"], help="a backbone name (see `arch`)")
+    p.add_argument("--weights", default=RUN["weights"], choices=backbones.WEIGHTS_CHOICES)
+    p.add_argument("--learning_rate", type=float, default=TRAIN.learning_rate)
+    p.add_argument("--how_many_training_steps", type=int, default=TRAIN.steps)
+    p.add_argument("--train_batch_size", type=int, default=TRAIN.batch_size)
+    p.add_argument("--eval_step_interval", type=int, default=TRAIN.eval_interval)
+    p.add_argument("--testing_percentage", type=int, default=RUN["testing_percentage"])
+    p.add_argument("--validation_percentage", type=int, default=RUN["validation_percentage"])
+    p.add_argument("--optimizer", default=TRAIN.optimizer, choices=OPTIMIZERS)
+    p.add_argument(
+        "--fine_tune_layers",
+        type=int,
+        default=TRAIN.fine_tune_layers,
+        help="unfreeze this many top backbone layers",
+    )
+    p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--name", default=None, help="a label for the run")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     p.set_defaults(func=cmd_retrain)
@@ -47,49 +56,8 @@ def add_parser(subparsers) -> None:
     r.set_defaults(func=cmd_runs)
 
 
-class _Bar:
-    """A tqdm bar on stderr that restarts for each phase of the progress stream."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled, self.phase, self.bar = enabled, None, None
-
-    def __call__(self, event: dict) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        phase, total = event.get("phase"), int(event.get("total") or 0)
-        if phase != self.phase:
-            self.close()
-            self.phase = phase
-            self.bar = tqdm(total=total or None, desc=phase, file=sys.stderr, leave=True, dynamic_ncols=True)
-        if self.bar is not None:
-            if total and self.bar.total != total:
-                self.bar.total = total
-            self.bar.n = int(event.get("done") or 0)
-            row = event.get("row") or {}
-            if row:
-                self.bar.set_postfix(
-                    train_acc=f"{row.get('train_accuracy', 0):.3f}",
-                    val_acc=_fmt(row.get("validation_accuracy")),
-                    refresh=False,
-                )
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from engine.cli.main import print_json
-    from engine.runs.retrain import RunConfig, retrain
-    from engine.training.head import TrainConfig
+    from engine.runs.retrain import retrain
 
     config = RunConfig(
         source=args.image_dir,
@@ -108,7 +76,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         ),
         name=args.name,
     )
-    bar = _Bar(enabled=sys.stderr.isatty() or not args.json)
+    bar = ProgressBar(enabled=sys.stderr.isatty() or not args.json)
     try:
         summary = retrain(config, progress=bar)
     finally:
@@ -132,7 +100,6 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from engine.cli.main import print_json
     from engine.export.predict import Classifier, expand_paths
 
     paths = expand_paths(args.paths)
@@ -160,7 +127,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine.cli.main import print_json
     from engine.runs.store import RunStore
 
     runs = RunStore().list_runs()
