@@ -409,15 +409,17 @@ def test_failed_upload_keeps_existing_dataset_and_good_one_replaces_it():
     hostile = class_entries(5)
     hostile["../evil.jpg"] = b"evil"
     with pytest.raises(UnsafeArchive):
-        extract_zip(make_zip(hostile), "pets")
+        extract_zip(make_zip(hostile), "pets", replace=True)
     assert sorted(str(p.relative_to(first)) for p in first.rglob("*")) == before
     corrupt = bytearray(make_zip(class_entries(5)))
     pos = corrupt.find(b"cats/cats_1.jpg") + len(b"cats/cats_1.jpg") + 40
     corrupt[pos] ^= 0xFF  # damage compressed data: the CRC check fails while extracting
     with pytest.raises(DatasetError, match="corrupt"):
-        extract_zip(bytes(corrupt), "pets")
+        extract_zip(bytes(corrupt), "pets", replace=True)
     assert sorted(str(p.relative_to(first)) for p in first.rglob("*")) == before
-    replaced = extract_zip(make_zip({"birds/b.jpg": jpeg_bytes(), "fish/f.jpg": jpeg_bytes()}), "pets")
+    replaced = extract_zip(
+        make_zip({"birds/b.jpg": jpeg_bytes(), "fish/f.jpg": jpeg_bytes()}), "pets", replace=True
+    )
     assert replaced == first and sorted(p.name for p in replaced.iterdir()) == ["birds", "fish"]
     assert leftovers() == []
 

@@ -113,15 +113,23 @@ def download_beans(progress: ProgressFn | None = None, cancel: CancelFn | None =
         return final
     tfds_dir = root / "tfds"
     check_cancel(cancel)
-    if not (tfds_dir / "beans").is_dir():
+    # tfds renames a version folder into place only once it is complete: a half-done earlier try
+    # (a folder with no dataset_info.json) still needs the network, so probe for it too
+    if not any((tfds_dir / "beans").glob("*/dataset_info.json")):
         _require_network(
             "beans",
             BEANS_HOST,
             "Connect to the internet once (tensorflow-datasets caches it), or use another source.",
         )
     emit(progress, "download", 0, 0, "Preparing beans with tensorflow-datasets")
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.core.download import downloader
+    try:
+        import tensorflow_datasets as tfds
+        from tensorflow_datasets.core.download import downloader
+    except ImportError as exc:
+        raise DatasetError(
+            f"The beans source needs the tensorflow-datasets package ({exc}); install it with "
+            "`pip install tensorflow-datasets`, or use another source"
+        ) from None
 
     retries = downloader.MAX_RETRIES
     downloader.MAX_RETRIES = _TFDS_RETRIES  # bounded so a flaky network fails in seconds

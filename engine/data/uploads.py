@@ -7,17 +7,29 @@ is already there, so adding images to a dataset is safe to repeat.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import config
-from engine.data.archives import check_dataset_name, uploads_dir
+from engine.data.archives import (
+    UPLOADS_QUOTA_BYTES,
+    check_dataset_name,
+    folder_bytes,
+    name_problem,
+    printable,
+    uploads_dir,
+)
 from engine.data.images import IMAGE_EXTENSIONS, decode_image_bytes
 from engine.errors import BadImage, DatasetError, InvalidArgument
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_CLASS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,79}$")
+_CLASS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,79}")
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
+_MAX_TRIES = 10_000  # free names tried per file before giving up (stem-2 ... stem-10000)
 
 
 @dataclass
@@ -30,8 +42,13 @@ class UploadResult:
 
 
 def check_class_name(name: str) -> str:
-    """Validate a class name (it becomes a folder name and a label)."""
-    if not isinstance(name, str) or not _CLASS_RE.match(name.strip()) or ".." in name:
+    """Validate a class name (it becomes a folder name and a label): control characters are refused,
+    since a newline in a label would shift every line of labels.txt."""
+    if isinstance(name, str) and (problem := name_problem(name)):
+        raise InvalidArgument(
+            f"class name {problem}: use letters, digits, spaces, '.', '_' or '-', got name={printable(name)}"
+        )
+    if not isinstance(name, str) or not _CLASS_RE.fullmatch(name.strip()) or ".." in name:
         raise InvalidArgument(
             "class name must be 1-80 letters, digits, spaces, '.', '_' or '-' and start with a "
             f"letter or digit, got name={name!r}"
@@ -49,43 +66,87 @@ def safe_file_name(name: str) -> str:
     return stem[:80] + suffix
 
 
-def _free_path(folder: Path, file_name: str) -> Path:
-    """`folder/file_name`, or `stem-2.ext`, `stem-3.ext`, ... if that exists already."""
-    path = folder / file_name
-    stem, suffix = path.stem, path.suffix
-    n = 2
-    while path.exists():
-        path = folder / f"{stem}-{n}{suffix}"
-        n += 1
-    return path
+def _write_new(folder: Path, file_name: str, data: bytes) -> Path:
+    """Write `data` as `folder/file_name`, or `stem-2.ext`, `stem-3.ext`, ... if that is taken.
+
+    The bytes go to a hidden temporary file first and are then hard-linked under the first free
+    name: the link fails if the name exists, so concurrent uploads never clobber each other, and a
+    crash never leaves a truncated image under a visible name.
+    """
+    tmp = folder / f".tmp-{uuid.uuid4().hex}"
+    with tmp.open("xb") as fh:
+        fh.write(data)
+    try:
+        stem, suffix = Path(file_name).stem, Path(file_name).suffix
+        for n in range(1, _MAX_TRIES + 1):
+            path = folder / (file_name if n == 1 else f"{stem}-{n}{suffix}")
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                try:  # no hard links here (FAT, some shares): "x" still never clobbers
+                    with path.open("xb") as fh:
+                        fh.write(data)
+                    return path
+                except FileExistsError:
+                    continue
+        raise FileExistsError(f"no free name after {_MAX_TRIES:,} tries")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def save_class_images(name: str, files: dict[str, list[tuple[str, bytes]]]) -> UploadResult:
+def save_class_images(
+    name: str, files: dict[str, list[tuple[str, bytes]]], quota: int | None = None
+) -> UploadResult:
     """Add uploaded images to dataset `name`, one list of (file name, bytes) per class.
 
-    Each file is decoded first; files that are not readable images are refused with the reason
-    and nothing is written for them. Existing files are never overwritten.
+    Each file is decoded first; files that are not readable images, that would take the uploads
+    folder past its quota, or that cannot be written are refused with the reason and the rest of
+    the batch still lands. Existing files are never overwritten (concurrent uploads under one name
+    are safe).
+
+    Args:
+        quota: bytes the whole uploads folder may hold; default UPLOADS_QUOTA_BYTES.
 
     Raises:
-        InvalidArgument: a bad dataset or class name.
+        InvalidArgument: a bad dataset or class name, or a bad quota.
         DatasetError: no class received a valid image.
     """
     name = check_dataset_name(name)
+    quota = UPLOADS_QUOTA_BYTES if quota is None else quota
+    if isinstance(quota, bool) or not isinstance(quota, int) or quota < 0:
+        raise InvalidArgument(f"quota must be a number of bytes >= 0, got quota={quota!r}")
     classes = {check_class_name(label): items for label, items in files.items()}
     folder = uploads_dir() / name
     result = UploadResult(folder=folder)
+    used = folder_bytes(uploads_dir())
     for label, items in classes.items():
         for file_name, data in items:
-            try:
-                decode_image_bytes(data, name=str(file_name))
-            except BadImage as exc:
-                result.refused.append((str(file_name), str(exc)))
+            shown = printable(str(file_name))[1:-1]
+            if not isinstance(data, bytes | bytearray | memoryview):
+                result.refused.append((shown, f"{shown}: not file contents (got {type(data).__name__})"))
                 continue
-            target_dir = folder / label
-            target_dir.mkdir(parents=True, exist_ok=True)
-            path = _free_path(target_dir, safe_file_name(file_name))
-            with path.open("xb") as fh:  # "x": never clobber a file another session just wrote
-                fh.write(data)
+            try:
+                decode_image_bytes(data, name=shown)
+            except BadImage as exc:
+                result.refused.append((shown, str(exc)))
+                continue
+            if used + len(data) > quota:
+                reason = f"the uploads folder would pass its quota of {quota / 1024**3:.2f} GiB"
+                result.refused.append((shown, f"{shown}: not saved, {reason}"))
+                continue
+            try:
+                target_dir = folder / label
+                target_dir.mkdir(parents=True, exist_ok=True)
+                _write_new(target_dir, safe_file_name(file_name), data)
+            except OSError as exc:  # a full disk, a file where the class folder should be, ...
+                result.refused.append((shown, f"{shown}: cannot save ({exc.strerror or exc})"))
+                continue
+            used += len(data)
             result.saved[label] = result.saved.get(label, 0) + 1
     if not result.saved:
         reasons = "; ".join(reason for _, reason in result.refused) or "no files were given"
