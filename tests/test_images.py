@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import struct
 import time
 import warnings
@@ -346,3 +348,113 @@ def test_real_flowers_probe_fast_and_decode(flowers_dir):
     for p in paths[::40]:
         arr = load_image(p, size=224)
         assert arr.shape == (224, 224, 3) and arr.dtype == np.uint8 and 20 < arr.mean() < 235
+
+
+# --- hostile files: special files, truncation, corrupt data, late EXIF, odd names (issue 10) -----
+
+
+@pytest.mark.timeout(10)
+def test_fifo_named_like_an_image_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # nobody ever writes: a plain open() would block forever
+    for fn in (probe_image, load_image, images.content_hash):
+        with pytest.raises(BadImage, match=r"^pipe\.jpg: refused: a FIFO \(named pipe\), not a regular file"):
+            fn(fifo)
+    assert images.decode_or_reason(fifo) == (None, "refused: a FIFO (named pipe), not a regular file")
+
+
+def test_folders_and_devices_are_refused(tmp_path):
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(BadImage, match=r"^dir\.png: refused: a folder"):
+        load_image(tmp_path / "dir.png")
+    with pytest.raises(BadImage, match=r"^null: refused: a character device"):
+        probe_image("/dev/null")
+
+
+def image_bytes(fmt: str, seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "JPEG", "PNG"])
+@pytest.mark.parametrize("keep", [0.5, 0.97])
+def test_truncated_files_are_caught_by_the_probe_and_reported_by_the_decode(tmp_path, fmt, keep):
+    data = image_bytes(fmt)
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(data[: int(len(data) * keep)])
+    assert not probe_image(path).complete  # the scan decodes such a file to decide
+    pixels, reason = images.decode_or_reason(path)
+    assert pixels is None and reason.startswith("truncated or corrupt image")
+
+
+def test_whole_files_of_every_format_are_complete(tmp_path):
+    for fmt in ("BMP", "GIF", "TIFF", "JPEG", "PNG", "WEBP"):
+        path = tmp_path / f"whole.{fmt.lower()}"
+        path.write_bytes(image_bytes(fmt))
+        assert probe_image(path).complete, fmt
+        pixels, reason = images.decode_or_reason(path, 8)
+        assert reason == "" and pixels.shape == (8, 8, 3)
+
+
+def test_png_with_corrupt_pixel_data_is_refused_by_the_probe(tmp_path):
+    data = bytearray(image_bytes("PNG"))
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside IDAT: Pillow would decode garbage
+    path = tmp_path / "flip.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(BadImage, match=r"^flip\.png: corrupt PNG data \(checksum mismatch in the IDAT chunk"):
+        probe_image(path)
+
+
+def png_with_late_exif(orientation: int) -> bytes:
+    """A PNG whose eXIf chunk comes after IDAT: Pillow sees it only after load()."""
+    buf = io.BytesIO()
+    img = Image.new("RGB", (16, 12), WHITE)
+    img.paste(RED, (0, 0, 4, 4))  # a red corner that the rotation moves
+    img.save(buf, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    raw = exif.tobytes()
+    raw = raw[6:] if raw.startswith(b"Exif\x00\x00") else raw
+    data = buf.getvalue()
+    iend = data.rindex(b"IEND") - 4
+    return data[:iend] + png_chunk(b"eXIf", raw) + data[iend:]
+
+
+def test_png_exif_after_pixel_data_rotates_on_every_path(tmp_path):
+    path = tmp_path / "late.png"
+    path.write_bytes(png_with_late_exif(6))
+    data = path.read_bytes()
+    assert data.index(b"eXIf") > data.index(b"IDAT")
+    with Image.open(path) as img:
+        assert "exif" not in img.info  # the header alone does not know: that was the bug
+    info = probe_image(path)
+    assert info.needs_pil and info.complete  # so extraction takes load_image, not tf.io.decode_png
+    arr = load_image(path)
+    assert arr.shape == (16, 12, 3)  # rotated 90 degrees: width and height swapped
+    assert np.array_equal(arr, decode_image_bytes(data))  # classify's bytes path agrees
+    assert close(arr[0, -1], RED) and close(arr[0, 0], WHITE)  # top-left corner went top-right
+    upright = tmp_path / "upright.png"
+    upright.write_bytes(png_with_late_exif(1))
+    assert probe_image(upright).needs_pil is False
+
+
+def test_names_are_printable_and_problems_named():
+    undecodable = os.fsdecode(b"caf\xe9")  # Latin-1 bytes: a surrogate escape in Python
+    assert images.printable(undecodable) == "caf\\xe9"
+    assert images.printable("a\nb\x1b") == "a\\nb\\x1b"
+    assert images.printable("café dog") == "café dog"
+    assert images.name_problem("roses") == ""
+    assert "not valid UTF-8" in images.name_problem(undecodable)
+    assert (
+        images.name_problem("dai\nsies") == "name 'dai\\nsies' contains control characters (\\n); rename it"
+    )
+    assert "control characters" in images.name_problem("a\u2028b")  # splitlines() splits there too
+    with pytest.raises(BadImage, match=r"^caf\\xe9\.png: file not found"):
+        load_image(Path("/nonexistent") / f"{undecodable}.png")
+
+
+def test_content_hash_is_sha256_of_the_bytes(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(b"\x89PNG some bytes")
+    assert images.content_hash(path) == hashlib.sha256(b"\x89PNG some bytes").hexdigest()
