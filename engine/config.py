@@ -122,3 +122,21 @@ def architecture_cache_dir() -> Path:
 def timings_dir() -> Path:
     """Timing lab reports, measured here or imported."""
     return _sub(None, "timings")
+
+
+SERVE_MODES = ("local", "class")
+
+
+def serve_mode() -> str:
+    """`$LAB_SERVE_MODE`: "local" (default: one user on this machine) or "class" (served to others).
+
+    In class mode the pages offer no server folders (only uploads and stored datasets) and show
+    no error details; see the README on serving a class.
+
+    Raises:
+        LabError: any other value (a misspelt mode must not silently serve the local one).
+    """
+    mode = (os.environ.get("LAB_SERVE_MODE") or "local").strip().lower()
+    if mode not in SERVE_MODES:
+        raise LabError(f"LAB_SERVE_MODE must be one of {', '.join(SERVE_MODES)}, got LAB_SERVE_MODE={mode!r}")
+    return mode
