@@ -38,3 +38,7 @@ class UnsafeArchive(LabError):
 
 class Cancelled(LabError):
     """A long operation was cancelled by the user."""
+
+
+class StoreUnavailable(LabError):
+    """The run store's database cannot be opened, read or written (read-only, locked, damaged file)."""

@@ -9,23 +9,37 @@ closed browser tab does not stop it, and a new session finds it again with
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from engine import config
-from engine.errors import InvalidArgument, LabError, NotFound
+from engine.errors import InvalidArgument, LabError
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
-from engine.runs.store import RunStore, hostname, new_id, process_alive, to_json
+from engine.runs.entities import ACTIVE_STATUSES, JOB_STATUSES, Job
+from engine.runs.store import RunStore, hostname, process_alive
+
+# Job and its statuses live with the store's value objects; re-exported for callers of the queue.
+__all__ = [
+    "ACTIVE_STATUSES",
+    "JOB_KINDS",
+    "JOB_STATUSES",
+    "Job",
+    "cancel_job",
+    "count_job",
+    "get_job",
+    "job_dir",
+    "job_log",
+    "list_jobs",
+    "resolve_kind",
+    "start_job",
+]
 
 # kind -> "module:function"; the function is fn(params, progress, cancel, store) -> dict.
 # Import strings, not functions: the worker imports only what its job needs (TensorFlow is slow).
@@ -36,51 +50,8 @@ JOB_KINDS: dict[str, str] = {
     "convert": "engine.export.convert:run_job",
     "timing": "engine.timing.lab:run_job",
 }
-JOB_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
-ACTIVE_STATUSES = ("queued", "running")
 CANCEL_GRACE_SECONDS = 5.0  # how long a worker gets to notice the cancel flag before it is terminated
 LOG_NAME = "worker.log"
-
-
-@dataclass(frozen=True)
-class Job:
-    """A background job as last written by its worker; timestamps are Unix seconds."""
-
-    id: str
-    kind: str
-    status: str  # one of JOB_STATUSES
-    phase: str  # the current progress phase ("" before the first event)
-    done: int | float  # units of the phase (float only if the events sent fractions)
-    total: int | float  # 0 when the phase's size is unknown
-    message: str
-    eta_seconds: float | None  # time left in the current phase, from its rate so far
-    run_id: str | None
-    error: str | None  # a message for the user, never a traceback (that is in the log)
-    params: dict[str, Any]
-    result: dict[str, Any]
-    extra: dict[str, Any]  # latest extra fields of progress events (e.g. train_accuracy, hits)
-    pid: int | None
-    hostname: str | None
-    heartbeat: float | None
-    cancel_requested: float | None
-    created: float
-    updated: float
-    started: float | None
-    finished: float | None
-
-    @property
-    def active(self) -> bool:
-        """Queued or running."""
-        return self.status in ACTIVE_STATUSES
-
-    @property
-    def fraction(self) -> float:
-        """Progress of the current phase in [0, 1] (0 when the size is unknown)."""
-        return min(1.0, self.done / self.total) if self.total else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return asdict(self)
 
 
 def job_dir(job_id: str, store: RunStore | None = None) -> Path:
@@ -112,17 +83,7 @@ def start_job(kind: str, params: dict[str, Any], store: RunStore | None = None) 
     store = store or RunStore()
     if kind not in JOB_KINDS:
         raise InvalidArgument(f"Unknown job kind {kind!r}; valid kinds: {', '.join(sorted(JOB_KINDS))}")
-    try:
-        params_json = to_json(params)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"Job parameters must be JSON data, got params={params!r} ({exc})") from exc
-    job_id, now = new_id(), time.time()
-    with store.write() as conn:
-        conn.execute(
-            "INSERT INTO jobs (id, kind, status, params, hostname, created, updated)"
-            " VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-            (job_id, kind, params_json, hostname(), now, now),
-        )
+    job_id = store.create_job(kind, params).id
     _spawn_worker(job_id, store)
     return job_id
 
@@ -146,33 +107,23 @@ def _spawn_worker(job_id: str, store: RunStore) -> None:
                 start_new_session=True,  # own session: survives the Streamlit script and its signals
             )
     except OSError as exc:
-        _set_final(store, job_id, "failed", f"Could not start the worker process: {exc}")
-        raise LabError(f"Could not start the worker process: {exc}") from exc
-    with store.write() as conn:
-        conn.execute(
-            "UPDATE jobs SET pid = ?, started = ? WHERE id = ? AND pid IS NULL",
-            (proc.pid, time.time(), job_id),
-        )
+        message = f"Could not start the worker process: {exc}"
+        store.finish_job(job_id, "failed", error=message, only_if_active=True)
+        raise LabError(message) from exc
+    store.set_job_worker(job_id, proc.pid)
 
 
 def get_job(job_id: str, store: RunStore | None = None) -> Job:
-    """The job with this id; raises NotFound. An active job whose worker died is reported interrupted."""
-    store = store or RunStore()
-    row = store.connection().execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"No job with id {job_id!r}")
-    return _job(_reconcile(store, row))
+    """The job with this id; raises NotFound.
+
+    An active job whose worker died is reported interrupted, or cancelled when a cancel was asked for.
+    """
+    return (store or RunStore()).get_job(job_id)
 
 
 def list_jobs(active_only: bool = False, store: RunStore | None = None, limit: int = 200) -> list[Job]:
     """Jobs, newest first; with `active_only` just the queued and running ones (after reconciling)."""
-    store = store or RunStore()
-    sql = "SELECT * FROM jobs"
-    if active_only:
-        sql += " WHERE status IN ('queued', 'running')"
-    rows = store.connection().execute(sql + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-    jobs = [_job(_reconcile(store, r)) for r in rows]
-    return [j for j in jobs if j.active] if active_only else jobs
+    return (store or RunStore()).list_jobs(active_only=active_only, limit=limit)
 
 
 def cancel_job(
@@ -197,8 +148,7 @@ def cancel_job(
     job = get_job(job_id, store)
     if not job.active:
         return job
-    with store.write() as conn:
-        conn.execute("UPDATE jobs SET cancel_requested = ? WHERE id = ?", (time.time(), job_id))
+    store.request_cancel(job_id)
     enforce = threading.Thread(target=_enforce_cancel, args=(job_id, store.path, grace_seconds), daemon=True)
     enforce.start()
     if wait:
@@ -219,7 +169,7 @@ def _enforce_cancel(job_id: str, db_path: Path, grace_seconds: float) -> None:
     if job.pid and job.hostname == hostname():
         _terminate(job.pid)
     message = f"Cancelled: the job did not stop within {grace_seconds:g} s and was terminated"
-    _set_final(store, job_id, "cancelled", message)
+    store.finish_job(job_id, "cancelled", error=message, only_if_active=True)
 
 
 def _terminate(pid: int) -> None:
@@ -233,33 +183,6 @@ def _terminate(pid: int) -> None:
             if not process_alive(pid, None, None, None):
                 return
             time.sleep(0.1)
-
-
-def _set_final(store: RunStore, job_id: str, status: str, error: str | None) -> None:
-    now = time.time()
-    with store.write() as conn:
-        conn.execute(
-            "UPDATE jobs SET status = ?, error = ?, eta_seconds = NULL, finished = ?, updated = ?"
-            " WHERE id = ? AND status IN ('queued', 'running')",
-            (status, error, now, now, job_id),
-        )
-
-
-def _reconcile(store: RunStore, row: sqlite3.Row) -> sqlite3.Row:
-    """Report an active job whose worker is gone as interrupted (the same rule as runs)."""
-    if row["status"] not in ACTIVE_STATUSES or row["pid"] is None:
-        return row
-    if process_alive(row["pid"], row["hostname"], row["heartbeat"], row["started"]):
-        return row
-    _set_final(store, row["id"], "interrupted", f"The worker process (pid {row['pid']}) stopped unexpectedly")
-    return store.connection().execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-
-
-def _job(row: sqlite3.Row) -> Job:
-    values = dict(row)
-    for key in ("params", "result", "extra"):
-        values[key] = json.loads(values[key])
-    return Job(**values)
 
 
 def resolve_kind(kind: str) -> Callable[..., dict[str, Any]]:

@@ -8,7 +8,6 @@ ended. Users see one-line messages; tracebacks go to the job's log (this process
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -18,9 +17,9 @@ import time
 import traceback
 from typing import Any
 
-from engine.errors import Cancelled, LabError
+from engine.errors import Cancelled, LabError, NotFound
 from engine.jobs.queue import LOG_NAME, job_dir, resolve_kind
-from engine.runs.store import RunStore, to_json
+from engine.runs.store import RunStore
 
 log = logging.getLogger("engine.jobs.worker")
 
@@ -75,24 +74,13 @@ class JobReporter:
 
     def _write(self, now: float) -> None:
         event, self._pending, self._last_write = self._pending, None, now
-        extra = to_json(self._extra)
-        with self.store.write() as conn:
-            conn.execute(
-                "UPDATE jobs SET phase = ?, done = ?, total = ?, message = ?, eta_seconds = ?, extra = ?,"
-                " run_id = COALESCE(?, run_id), updated = ?, heartbeat = ? WHERE id = ?",
-                (str(event.get("phase") or ""), _count(event.get("done")), _count(event.get("total")),
-                 str(event.get("message") or ""), event["eta_seconds"], extra, event.get("run_id"),
-                 time.time(), time.time(), self.job_id),
-            )  # fmt: skip
-
-
-def _count(value: Any) -> int | float:
-    number = float(value or 0)  # also turns numpy numbers into plain ones
-    return int(number) if number.is_integer() else number
+        self.store.update_job_progress(self.job_id, event, self._extra)
 
 
 class CancelCheck:
-    """The cancel callback of a job: True once the job's cancel flag is set (read at most every 0.25 s)."""
+    """The cancel callback of a job: True once the job's cancel flag is set (read at most every 0.25 s)
+    or this process got SIGTERM (even if the exception that raised was swallowed, e.g. inside an import).
+    """
 
     def __init__(self, store: RunStore, job_id: str, interval: float = CANCEL_POLL_INTERVAL):
         self.store, self.job_id, self.interval = store, job_id, interval
@@ -101,14 +89,11 @@ class CancelCheck:
 
     def __call__(self) -> bool:
         now = time.monotonic()
+        if _terminated.is_set():
+            self._cancelled = True
         if not self._cancelled and now - self._last_poll >= self.interval:
             self._last_poll = now
-            row = (
-                self.store.connection()
-                .execute("SELECT cancel_requested FROM jobs WHERE id = ?", (self.job_id,))
-                .fetchone()
-            )
-            self._cancelled = row is None or row["cancel_requested"] is not None
+            self._cancelled = self.store.cancel_requested(self.job_id)
         return self._cancelled
 
 
@@ -117,44 +102,27 @@ def _heartbeat_loop(store: RunStore, job_id: str, reporter: JobReporter, stop: t
     while not stop.wait(HEARTBEAT_INTERVAL):
         try:
             reporter.flush()
-            with store.write() as conn:
-                conn.execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", (time.time(), job_id))
+            store.job_heartbeat(job_id)
         except Exception:  # a missed heartbeat must never kill the job
             log.exception("heartbeat failed")
 
 
-def _finish(
-    store: RunStore, job_id: str, status: str, result: dict | None = None, error: str | None = None
-) -> None:
-    now = time.time()
-    run_id = (result or {}).get("run_id")
-    with store.write() as conn:
-        conn.execute(
-            "UPDATE jobs SET status = ?, result = ?, error = ?, run_id = COALESCE(?, run_id),"
-            " eta_seconds = NULL, finished = ?, updated = ?, heartbeat = ? WHERE id = ?",
-            (status, to_json(result or {}), error, run_id, now, now, now, job_id),
-        )
+_terminated = threading.Event()  # set by SIGTERM, so the cancel check answers True from then on
 
 
 def _raise_cancelled(signum: int, frame: Any) -> None:
     # SIGTERM from cancel_job: unwind through the kind's cleanup like a polite cancel would
+    _terminated.set()
     raise Cancelled("Cancelled by the user")
 
 
 def run(job_id: str, store: RunStore) -> str:
     """Run one queued job to its end in this process and return its final status."""
-    with store.write() as conn:
-        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or row["status"] != "queued":
-            log.error("job %s is not queued (%s); nothing to do", job_id, row and row["status"])
-            return row["status"] if row else "missing"
-        now = time.time()
-        conn.execute(
-            "UPDATE jobs SET status = 'running', pid = ?, started = COALESCE(started, ?), updated = ?,"
-            " heartbeat = ? WHERE id = ?",
-            (os.getpid(), now, now, now, job_id),
-        )
-    params = store.connection().execute("SELECT params FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+    job = store.claim_job(job_id)
+    if job is None:
+        status = _status_of(store, job_id)
+        log.error("job %s is not queued (%s); nothing to do", job_id, status)
+        return status
     reporter, cancel, stop = JobReporter(store, job_id), CancelCheck(store, job_id), threading.Event()
     beat = threading.Thread(target=_heartbeat_loop, args=(store, job_id, reporter, stop), daemon=True)
     beat.start()
@@ -162,7 +130,7 @@ def run(job_id: str, store: RunStore) -> str:
     try:
         if cancel():
             raise Cancelled("Cancelled before it started")
-        result = resolve_kind(row["kind"])(json.loads(params), reporter, cancel, store) or {}
+        result = resolve_kind(job.kind)(job.params, reporter, cancel, store) or {}
         status = "finished"
     except Cancelled as exc:
         status, error = "cancelled", str(exc)
@@ -175,10 +143,20 @@ def run(job_id: str, store: RunStore) -> str:
     finally:
         stop.set()
         beat.join()
+    if status != "finished" and _terminated.is_set():
+        # SIGTERM's Cancelled may have been swallowed or wrapped (e.g. by an import it interrupted)
+        status, error = "cancelled", "Cancelled by the user"
     reporter.flush()
-    _finish(store, job_id, status, result, error)
+    store.finish_job(job_id, status, result or {}, error)
     log.info("job %s %s%s", job_id, status, f": {error}" if error else "")
     return status
+
+
+def _status_of(store: RunStore, job_id: str) -> str:
+    try:
+        return store.get_job(job_id).status
+    except NotFound:
+        return "missing"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info(
         "worker pid %d for job %s (log %s)", os.getpid(), args.job_id, job_dir(args.job_id, store) / LOG_NAME
     )
-    return 0 if run(args.job_id, store) == "finished" else 1
+    try:
+        status = run(args.job_id, store)
+    except Cancelled as exc:  # SIGTERM before the job's own handling began (e.g. while it was claimed)
+        store.finish_job(args.job_id, "cancelled", error=str(exc), only_if_active=True)
+        status = "cancelled"
+    return 0 if status == "finished" else 1
 
 
 if __name__ == "__main__":

@@ -20,15 +20,24 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from engine import config
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import InvalidArgument, NotFound, StoreUnavailable
+from engine.runs.entities import (
+    ACTIVE_STATUSES,
+    JOB_STATUSES,
+    RUN_STATUSES,
+    Experiment,
+    Job,
+    Run,
+    experiment_from_row,
+    job_from_row,
+    run_from_row,
+)
 
-RUN_STATUSES = ("running", "finished", "failed", "cancelled", "interrupted")
 METRIC_COLUMNS = (
     "step",
     "train_accuracy",
@@ -72,6 +81,12 @@ _MIGRATIONS = (
         cancel_requested REAL, created REAL NOT NULL, updated REAL NOT NULL,
         started REAL, finished REAL);
     CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status);
+    """,
+    # 2: the content hash of each artifact the lab wrote, so it uses only files it wrote itself
+    """
+    CREATE TABLE IF NOT EXISTS artifacts (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, relpath TEXT NOT NULL,
+        sha256 TEXT NOT NULL, recorded REAL NOT NULL, PRIMARY KEY (run_id, relpath));
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -132,50 +147,6 @@ def process_alive(pid: int | None, host: str | None, heartbeat: float | None, st
         return False
 
 
-@dataclass(frozen=True)
-class Experiment:
-    """A named group of runs (e.g. one backbone comparison)."""
-
-    id: str
-    kind: str
-    name: str
-    config: dict[str, Any]
-    created: float
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training (or other) run as the store knows it; timestamps are Unix seconds."""
-
-    id: str
-    name: str
-    kind: str
-    experiment_id: str | None
-    status: str  # one of RUN_STATUSES
-    created: float
-    started: float | None
-    finished: float | None
-    pid: int | None
-    hostname: str | None
-    heartbeat: float | None
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    results: dict[str, Any]
-    error: str | None
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds from start to finish, or to now while it runs."""
-        if self.started is None:
-            return None
-        return (self.finished or time.time()) - self.started
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (for `--json` output and DataFrames)."""
-        return asdict(self)
-
-
 class RunStore:
     """Runs, experiments and jobs in SQLite; run artifacts under `<root>/runs/<run_id>/`.
 
@@ -185,9 +156,16 @@ class RunStore:
     """
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else config.store_file()
-        self.root = self.path.parent
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path = Path(path) if path is not None else config.store_file()
+            self.root = self.path.parent
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            folder = exc.filename or (Path(path).parent if path is not None else "LAB_HOME")
+            raise StoreUnavailable(
+                f"Cannot create the lab folder {folder}: {exc.strerror or exc}; "
+                "set LAB_HOME to a folder you can write"
+            ) from exc
         self._local = threading.local()
 
     # -- connections -------------------------------------------------------------------------
@@ -195,15 +173,50 @@ class RunStore:
         """This thread's connection (a fresh one after fork: SQLite handles must not cross processes)."""
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            with self._errors():
+                conn = self._open()
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path.exists() and not self.path.is_file():
+            raise StoreUnavailable(f"The run store {self.path} is not a file; move it aside or set LAB_HOME")
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # reads the header first: a file that is not SQLite fails here, before anything is written
+            conn.execute("PRAGMA schema_version").fetchone()
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL keeps this crash-safe, and faster
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
-            self._local.conn, self._local.pid = conn, os.getpid()
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """All rows of one read, with SQLite failures turned into StoreUnavailable."""
+        conn = self.connection()
+        with self._errors():
+            return conn.execute(sql, tuple(args)).fetchall()
+
+    def _one(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
+        """The first row of one read, or None."""
+        rows = self._query(sql, args)
+        return rows[0] if rows else None
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn SQLite's environment failures (read-only, locked, damaged file) into StoreUnavailable."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            reason = _environment_fault(exc, self.path)
+            if reason is None:  # a fault of this module's SQL: a bug, keep the traceback
+                raise
+            raise StoreUnavailable(f"The run store {self.path} {reason}") from exc
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -212,7 +225,8 @@ class RunStore:
         A deferred transaction that reads first and then writes can fail with 'database is
         locked' at once instead of waiting; BEGIN IMMEDIATE avoids that.
         """
-        with _immediate(self.connection()) as conn:
+        conn = self.connection()
+        with self._errors(), _immediate(conn):
             yield conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -238,17 +252,17 @@ class RunStore:
 
     def get_experiment(self, experiment_id: str) -> Experiment:
         """The experiment with this id; raises NotFound."""
-        row = self.connection().execute("SELECT * FROM experiments WHERE id = ?", (experiment_id,)).fetchone()
+        row = self._one("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
         if row is None:
             raise NotFound(f"No experiment with id {experiment_id!r}")
-        return _experiment(row)
+        return experiment_from_row(row)
 
     def list_experiments(self, kind: str | None = None) -> list[Experiment]:
         """All experiments (of one kind if given), newest first."""
         sql, args = "SELECT * FROM experiments", ()
         if kind is not None:
             sql, args = sql + " WHERE kind = ?", (kind,)
-        return [_experiment(r) for r in self.connection().execute(sql + " ORDER BY id DESC", args)]
+        return [experiment_from_row(r) for r in self._query(sql + " ORDER BY id DESC", args)]
 
     # -- runs: writing -----------------------------------------------------------------------
     def create_run(
@@ -325,8 +339,39 @@ class RunStore:
         if self.get_run(run_id).status == "running":
             raise InvalidArgument(f"Run {run_id!r} is still running; cancel it before deleting it")
         with self.write() as conn:
-            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))  # cascades to metrics and phases
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))  # cascades to metrics, phases, artifacts
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def record_artifact(self, run_id: str, relpath: str, sha256: str) -> None:
+        """Record the content hash of a file the lab wrote in a run's folder (replacing an older one).
+
+        Args:
+            run_id: The run owning the file.
+            relpath: The file's path inside the run folder, with forward slashes (e.g. `model.keras`).
+            sha256: Its SHA-256 as 64 hex digits.
+
+        Raises:
+            InvalidArgument: A path that leaves the run folder, or a malformed hash.
+            NotFound: No run with this id.
+        """
+        relpath, sha256 = _artifact_path(relpath), _sha256_hex(sha256)
+        try:
+            with self.write() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO artifacts (run_id, relpath, sha256, recorded)"
+                    " VALUES (?, ?, ?, ?)",
+                    (run_id, relpath, sha256, time.time()),
+                )
+        except sqlite3.IntegrityError as exc:  # the foreign key: no such run
+            raise NotFound(f"No run with id {run_id!r} to record artifact {relpath!r} for") from exc
+
+    def artifact_hash(self, run_id: str, relpath: str) -> str | None:
+        """The SHA-256 recorded for a run's file by `record_artifact`, or None if the lab never wrote it."""
+        row = self._one(
+            "SELECT sha256 FROM artifacts WHERE run_id = ? AND relpath = ?", (run_id, _artifact_path(relpath))
+        )
+        return None if row is None else row["sha256"]
 
     # -- runs: reading -----------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
@@ -335,7 +380,7 @@ class RunStore:
 
     def get_run(self, run_id: str) -> Run:
         """The run with this id; raises NotFound. A running run whose process died becomes interrupted."""
-        row = self.connection().execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        row = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
         if row is None:
             raise NotFound(f"No run with id {run_id!r}")
         return self._runs([row])[0]
@@ -348,26 +393,25 @@ class RunStore:
                 where.append(f"{column} = ?")
                 args.append(value)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
-        return self._runs(self.connection().execute(sql + " ORDER BY id DESC", args).fetchall())
+        return self._runs(self._query(sql + " ORDER BY id DESC", args))
 
     def get_history(self, run_id: str, phase: str | None = None) -> list[dict[str, Any]]:
         """Metric rows of a run in the order logged (`pandas.DataFrame(rows)` makes a table)."""
         sql, args = "SELECT phase, " + ", ".join(METRIC_COLUMNS) + " FROM metrics WHERE run_id = ?", [run_id]
         if phase is not None:
             sql, args = sql + " AND phase = ?", [run_id, phase]
-        rows = self.connection().execute(sql + " ORDER BY rowid", args)
-        return [dict(r) for r in rows]
+        return [dict(r) for r in self._query(sql + " ORDER BY rowid", args)]
 
     def _runs(self, rows: list[sqlite3.Row]) -> list[Run]:
         rows = [self._reconcile(r) for r in rows]
         phases: dict[str, dict[str, float]] = {r["id"]: {} for r in rows}
         if rows:
             marks = ",".join("?" * len(rows))
-            for p in self.connection().execute(
-                f"SELECT run_id, phase, seconds FROM phases WHERE run_id IN ({marks})", list(phases)
+            for p in self._query(
+                f"SELECT run_id, phase, seconds FROM phases WHERE run_id IN ({marks})", phases
             ):
                 phases[p["run_id"]][p["phase"]] = p["seconds"]
-        return [_run(r, phases[r["id"]]) for r in rows]
+        return [run_from_row(r, phases[r["id"]]) for r in rows]
 
     def _reconcile(self, row: sqlite3.Row) -> sqlite3.Row:
         """Turn a running run whose process is gone into an interrupted one (and persist that)."""
@@ -385,7 +429,172 @@ class RunStore:
                 " WHERE id = ? AND status = 'running'",
                 (message, row["heartbeat"] or time.time(), row["id"]),
             )
-        return self.connection().execute("SELECT * FROM runs WHERE id = ?", (row["id"],)).fetchone()
+        return self._one("SELECT * FROM runs WHERE id = ?", (row["id"],))
+
+    # -- jobs --------------------------------------------------------------------------------
+    def create_job(self, kind: str, params: dict[str, Any]) -> Job:
+        """Record a queued job on this host (its worker is started by `engine.jobs.queue`).
+
+        Raises:
+            InvalidArgument: `params` that are not JSON data.
+        """
+        try:
+            params_json = to_json(params)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"Job parameters must be JSON data, got params={params!r} ({exc})") from exc
+        job_id, now = new_id(), time.time()
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, kind, status, params, hostname, created, updated)"
+                " VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                (job_id, kind, params_json, hostname(), now, now),
+            )
+        return self.get_job(job_id)
+
+    def set_job_worker(self, job_id: str, pid: int) -> None:
+        """Record the worker process started for a job, unless the worker has claimed it already."""
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE jobs SET pid = ?, started = ? WHERE id = ? AND pid IS NULL",
+                (pid, time.time(), job_id),
+            )
+
+    def claim_job(self, job_id: str) -> Job | None:
+        """Mark a queued job running in this process; None if it is not queued (missing, cancelled, done)."""
+        now = time.time()
+        with self.write() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET status = 'running', pid = ?, started = COALESCE(started, ?), updated = ?,"
+                " heartbeat = ? WHERE id = ? AND status = 'queued'",
+                (os.getpid(), now, now, now, job_id),
+            )
+        return self.get_job(job_id) if cursor.rowcount else None
+
+    def update_job_progress(self, job_id: str, event: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Write a job's latest progress event (phase, done, total, message, eta_seconds, run_id).
+
+        Args:
+            job_id: The job.
+            event: A progress event (see `engine.progress`) with its `eta_seconds`.
+            extra: The latest extra fields of all its events so far.
+        """
+        now = time.time()
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE jobs SET phase = ?, done = ?, total = ?, message = ?, eta_seconds = ?, extra = ?,"
+                " run_id = COALESCE(?, run_id), updated = ?, heartbeat = ? WHERE id = ?",
+                (str(event.get("phase") or ""), _count(event.get("done")), _count(event.get("total")),
+                 str(event.get("message") or ""), event.get("eta_seconds"), to_json(extra),
+                 event.get("run_id"), now, now, job_id),
+            )  # fmt: skip
+
+    def job_heartbeat(self, job_id: str) -> None:
+        """Tell readers on other hosts that this job's worker is still alive."""
+        with self.write() as conn:
+            conn.execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", (time.time(), job_id))
+
+    def request_cancel(self, job_id: str) -> None:
+        """Set an active job's cancel flag (its worker polls it); the first request's time is kept."""
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE jobs SET cancel_requested = COALESCE(cancel_requested, ?)"
+                " WHERE id = ? AND status IN ('queued', 'running')",
+                (time.time(), job_id),
+            )
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """Whether a cancel was asked for this job (True too for a job that no longer exists)."""
+        row = self._one("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
+        return row is None or row["cancel_requested"] is not None
+
+    def finish_job(
+        self,
+        job_id: str,
+        status: str,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        only_if_active: bool = False,
+    ) -> None:
+        """Record how a job ended.
+
+        Args:
+            job_id: The job.
+            status: finished, failed, cancelled or interrupted.
+            result: The kind's result (its `run_id`, if any, is also recorded as the job's run).
+            error: A one-line message for the user.
+            only_if_active: Leave a job that has ended already as it is (for anyone but its worker).
+        """
+        if status not in JOB_STATUSES or status in ACTIVE_STATUSES:
+            raise InvalidArgument(
+                f"finish_job needs a final status from {JOB_STATUSES[2:]}, got status={status!r}"
+            )
+        now = time.time()
+        sql = (
+            "UPDATE jobs SET status = ?, result = COALESCE(?, result), error = ?,"
+            " run_id = COALESCE(?, run_id), eta_seconds = NULL, finished = ?, updated = ? WHERE id = ?"
+        )
+        if only_if_active:
+            sql += " AND status IN ('queued', 'running')"
+        run_id = (result or {}).get("run_id")
+        with self.write() as conn:
+            conn.execute(
+                sql, (status, None if result is None else to_json(result), error, run_id, now, now, job_id)
+            )
+
+    def get_job(self, job_id: str) -> Job:
+        """The job with this id; raises NotFound. An active job whose worker died has ended (see below)."""
+        row = self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFound(f"No job with id {job_id!r}")
+        return job_from_row(self._reconcile_job(row))
+
+    def list_jobs(self, active_only: bool = False, limit: int = 200) -> list[Job]:
+        """Jobs, newest first; with `active_only` just the queued and running ones (after reconciling)."""
+        sql = "SELECT * FROM jobs" + (" WHERE status IN ('queued', 'running')" if active_only else "")
+        jobs = [
+            job_from_row(self._reconcile_job(r))
+            for r in self._query(sql + " ORDER BY id DESC LIMIT ?", (limit,))
+        ]
+        return [j for j in jobs if j.active] if active_only else jobs
+
+    def _reconcile_job(self, row: sqlite3.Row) -> sqlite3.Row:
+        """End an active job whose worker is gone: cancelled if a cancel was asked for, else interrupted.
+
+        A worker killed while it starts up (before its signal handler or heartbeat exists) is
+        cancelled, not interrupted, when the kill answered the user's cancel.
+        """
+        if row["status"] not in ACTIVE_STATUSES or row["pid"] is None:
+            return row
+        if process_alive(row["pid"], row["hostname"], row["heartbeat"], row["started"]):
+            return row
+        if row["cancel_requested"] is not None:
+            status, message = "cancelled", "Cancelled by the user (the worker stopped before it finished)"
+        else:
+            status, message = "interrupted", f"The worker process (pid {row['pid']}) stopped unexpectedly"
+        self.finish_job(row["id"], status, error=message, only_if_active=True)
+        return self._one("SELECT * FROM jobs WHERE id = ?", (row["id"],))
+
+
+def _environment_fault(exc: sqlite3.DatabaseError, path: Path) -> str | None:
+    """What to tell the user when SQLite fails because of the file or folder; None for other failures."""
+    text, folder = str(exc).lower(), path.parent
+    if "readonly" in text or "read-only" in text:
+        return f"cannot be written ({exc}): make {folder} writable, or set LAB_HOME to a folder you can write"
+    if "unable to open" in text:
+        return (
+            f"cannot be opened ({exc}): check that you can write {folder}, "
+            "or set LAB_HOME to a folder you can write"
+        )
+    if "not a database" in text or "malformed" in text or "encrypted" in text:
+        return (
+            f"is not a readable SQLite database ({exc}); it was left untouched: "
+            "move it aside to start a new, empty store"
+        )
+    if "locked" in text or "busy" in text:
+        return f"stayed locked by another process for {BUSY_TIMEOUT_MS / 1000:g} s ({exc}); try again later"
+    if "disk i/o" in text or "full" in text:
+        return f"could not be read or written ({exc}): check the disk it is on"
+    return None
 
 
 @contextmanager
@@ -403,15 +612,25 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _experiment(row: sqlite3.Row) -> Experiment:
-    return Experiment(row["id"], row["kind"], row["name"], json.loads(row["config"]), row["created"])
+def _count(value: Any) -> int | float:
+    number = float(value or 0)  # also turns numpy numbers into plain ones
+    return int(number) if number.is_integer() else number
 
 
-def _run(row: sqlite3.Row, phases: dict[str, float]) -> Run:
-    values = dict(row)
-    for key in ("config", "environment", "results"):
-        values[key] = json.loads(values[key])
-    return Run(**values, phases=phases)
+def _artifact_path(relpath: str) -> str:
+    path = PurePosixPath(str(relpath))
+    if not str(relpath).strip() or path.is_absolute() or ".." in path.parts or "\\" in str(relpath):
+        raise InvalidArgument(
+            f"An artifact path is relative to its run folder, with '/' and no '..', got relpath={relpath!r}"
+        )
+    return path.as_posix()
+
+
+def _sha256_hex(sha256: str) -> str:
+    digest = str(sha256).lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise InvalidArgument(f"A SHA-256 is 64 hex digits, got sha256={sha256!r}")
+    return digest
 
 
 def collect_environment(include_tensorflow: bool = True) -> dict[str, Any]:
