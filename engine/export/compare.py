@@ -17,6 +17,7 @@ import numpy as np
 from engine.errors import LabError
 from engine.export import convert, runtimes
 from engine.export.runtimes import RuntimeUnavailable
+from engine.machine import machine_facts
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 
 SINGLE_RUNS = 30  # timed single-image calls per format (after warm-up)
@@ -125,8 +126,6 @@ def compare_formats(
         {"run_id", "test_count", "rows": [row per format], "flips": [...], "machine": {...}, "created"}.
         A format that cannot run here (TensorRT without a GPU) has status "unavailable" and a reason.
     """
-    from engine.timing import machine as sysinfo
-
     formats = convert.parse_formats(formats)
     formats = ["keras", *[f for f in formats if f != "keras"]]  # Keras is the reference
     run = convert.open_run(run_id, store)
@@ -150,7 +149,7 @@ def compare_formats(
         "class_names": run.class_names,
         "rows": rows,
         "flips": find_flips(records, labels, predictions, run.class_names),
-        "machine": {k: v for k, v in sysinfo.basic_facts().items() if k not in ("lab_home", "keras_home")},
+        "machine": machine_facts(),
         "created": time.time(),
     }
     run.exports.mkdir(parents=True, exist_ok=True)

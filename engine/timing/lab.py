@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 
 from engine import config
 from engine.errors import InvalidArgument, NotFound
+from engine.machine import machine_facts
 from engine.models import backbones
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 
@@ -47,27 +47,6 @@ def gpu_names() -> list[str]:
     import tensorflow as tf
 
     return [d.name for d in tf.config.list_physical_devices("GPU")]
-
-
-def machine_facts() -> dict[str, Any]:
-    """Hardware and software of this machine, recorded with every timing."""
-    from engine.timing import machine as sysinfo
-
-    basic = sysinfo.basic_facts()
-    tf_facts = sysinfo.tensorflow_facts()
-    return {
-        "hostname": socket.gethostname(),
-        "cpu_model": basic["cpu_model"],
-        "cpu_cores": basic["usable_cores"],
-        "memory_gb": basic["memory_gb"],
-        "gpus": tf_facts["gpus"],
-        "python": basic["python"],
-        "platform": basic["platform"],
-        "tensorflow_version": tf_facts["tensorflow_version"],
-        "keras_version": tf_facts["keras_version"],
-        "cuda_version": tf_facts.get("cuda_version"),
-        "cudnn_version": tf_facts.get("cudnn_version"),
-    }
 
 
 def _row(backbone: str, phase: str, device: str, seconds: float, items: int, **extra) -> dict[str, Any]:
@@ -210,7 +189,7 @@ def run_lab(
         "label": label,
         "origin": "measured",
         "created": time.time(),
-        "machine": machine_facts(),
+        "machine": machine_facts(include_tensorflow=True),
         "settings": {
             "source": source,
             "images": len(paths),
