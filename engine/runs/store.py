@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import secrets
 import shutil
 import socket
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -634,57 +631,12 @@ def _sha256_hex(sha256: str) -> str:
 
 
 def collect_environment(include_tensorflow: bool = True) -> dict[str, Any]:
-    """Facts about the machine and stack, saved with each run.
+    """Facts about the machine and stack, saved with each run: `engine.machine.machine_facts()`.
 
     Args:
-        include_tensorflow: Import TensorFlow (slow the first time) to record its version, Keras'
-            version and the GPUs it can see.
-
-    Returns:
-        A JSON-able dict: python, platform, hostname, cpu, cpu_cores, memory_bytes and, with
-        TensorFlow, tensorflow, keras, gpus (names).
+        include_tensorflow: Import TensorFlow (slow the first time) to record the GPUs it can see
+            and how it was built.
     """
-    env: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "hostname": hostname(),
-        "cpu": _cpu_name(),
-        "cpu_cores": os.cpu_count(),
-    }
-    try:
-        import psutil
+    from engine.machine import machine_facts
 
-        env["cpu_physical_cores"] = psutil.cpu_count(logical=False)
-        env["memory_bytes"] = psutil.virtual_memory().total
-    except ImportError:
-        pass
-    if include_tensorflow:
-        env.update(_tensorflow_facts())
-    return env
-
-
-@lru_cache(maxsize=1)
-def _cpu_name() -> str:
-    try:
-        import cpuinfo  # py-cpuinfo takes about a second, hence the cache
-
-        name = cpuinfo.get_cpu_info().get("brand_raw")
-    except Exception:  # optional package; any failure falls back to what platform knows
-        name = None
-    return name or platform.processor() or platform.machine()
-
-
-def _tensorflow_facts() -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(device)
-        gpus.append(details.get("device_name", device.name))
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "gpus": gpus,
-        "cuda_build": bool(tf.test.is_built_with_cuda()),
-    }
+    return machine_facts(include_tensorflow)
