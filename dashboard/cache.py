@@ -8,7 +8,6 @@ tests (and users) may point `LAB_HOME` somewhere else within one server process.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +20,6 @@ from engine.models import backbones
 from engine.timing import machine as sysinfo
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-
-
-def _keep_keras_state_between_runs() -> None:
-    """Stop Streamlit from calling `keras.backend.clear_session()` after every script run.
-
-    Streamlit does that (plus a full garbage collection) whenever `keras` is imported, to free
-    models built inside scripts. Ours live in `st.cache_resource`, so the clearing only hurts: it
-    empties TensorFlow's kernel cache (a warm 15 ms classification then takes 140 ms) and costs a
-    full GC on every run, including each poll of a live job, which starved the server with a job
-    training and two tabs open. Matplotlib's cleanup, the other half, is kept.
-    """
-    from streamlit.runtime.scriptrunner import script_runner
-
-    original = getattr(script_runner, "_clean_problem_modules", None)
-    if original is None or getattr(original, "keeps_keras", False):
-        return
-
-    def clean_problem_modules() -> None:
-        plt = sys.modules.get("matplotlib.pyplot")
-        if plt is not None:
-            plt.close("all")
-
-    clean_problem_modules.keeps_keras = True
-    script_runner._clean_problem_modules = clean_problem_modules
-
-
-_keep_keras_state_between_runs()
 
 
 def _home() -> str:
@@ -185,9 +157,12 @@ def forget_run(run_id: str) -> None:
     _run_classifier.clear(_home(), run_id)
 
 
-def model_file(run_id: str) -> Path:
-    """The run's portable classifier file (`model.keras` in its run folder)."""
-    return store().run_dir(run_id) / "model.keras"
+def model_file(run_id: str) -> Path | None:
+    """The run's portable classifier file (`model.keras` in its run folder), None while it has none."""
+    from engine.runs.folder import RunFolder
+
+    folder = RunFolder(run_id, store())
+    return folder.model_path if folder.has_model() else None  # a regular file: never a link or FIFO
 
 
 # --- architecture explorer ----------------------------------------------------------------------

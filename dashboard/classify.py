@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard import cache, charts
 from dashboard.components import guard, plot
 from engine.models import backbones
+from engine.runs.results import RunResults
 
 TOP_K = 5
 
@@ -32,9 +33,7 @@ with left, st.container(border=True):
         key="classify_kind",
     )
     if kind == "run":
-        labels = {
-            r.id: f"{r.name} · {r.results.get('test_accuracy', 0) or 0:.0%} test · {r.id}" for r in runs
-        }
+        labels = {r.id: f"{r.name} · {RunResults.of(r).test_accuracy or 0:.0%} test · {r.id}" for r in runs}
         run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="classify_run")
         if run_id is None:
             st.info(

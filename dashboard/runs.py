@@ -9,6 +9,7 @@ import streamlit as st
 from dashboard import cache, charts
 from dashboard.components import STATUS_ICONS, guard, plot
 from engine.progress import PHASES
+from engine.runs.results import RunResults
 
 
 def run_label(run) -> str:
@@ -21,16 +22,15 @@ def short_label(run) -> str:
 
 
 def run_row(run, experiments: dict[str, str]) -> dict:
-    cfg, res = run.config, run.results
+    cfg, res = run.config, RunResults.of(run)
     train = cfg.get("train", {})
-    final = res.get("final", {})
     return {
         "name": run.name,
         "experiment": experiments.get(run.experiment_id) if run.experiment_id else None,
         "status": run.status,
-        "test accuracy": res.get("test_accuracy"),
-        "validation accuracy": final.get("validation_accuracy"),
-        "validation cross-entropy": final.get("validation_cross_entropy"),
+        "test accuracy": res.test_accuracy,
+        "validation accuracy": res.validation_accuracy,
+        "validation cross-entropy": res.validation_cross_entropy,
         "architecture": cfg.get("architecture"),
         "weights": cfg.get("weights"),
         "dataset": Path(str(cfg.get("source", ""))).name,
@@ -151,7 +151,7 @@ if chosen:
 st.subheader("One run")
 label = st.selectbox("Run", list(by_label), key="runs_detail")
 run = by_label[label]
-res = run.results
+res = RunResults.of(run)
 st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{run.name}** · `{run.id}` · {run.status}")
 if run.error:
     st.error(run.error, icon=":material/error:")
@@ -160,11 +160,11 @@ actions = st.container(horizontal=True)
 model = cache.model_file(run.id)
 actions.download_button(
     "Download model.keras",
-    data=model.read_bytes if model.is_file() else b"",
+    data=model.read_bytes if model else b"",
     file_name=f"{run.name.replace(' ', '_').replace('=', '')}-{run.id}.keras",
     mime="application/octet-stream",
     icon=":material/download:",
-    disabled=not model.is_file(),
+    disabled=model is None,
     key="download_model",
 )
 with actions.popover("Delete…", icon=":material/delete:", disabled=run.status == "running"):
@@ -181,21 +181,18 @@ tabs = st.tabs(
     ["Confusion matrix", "Per-class accuracy", "Misclassified test images", "Curves", "Config & environment"]
 )
 with tabs[0]:
-    if res.get("confusion_matrix"):
-        plot(
-            charts.confusion_matrix(res["confusion_matrix"], res.get("class_names", [])),
-            key="detail_confusion",
-        )
+    if res.confusion_matrix:
+        plot(charts.confusion_matrix(res.confusion_matrix, res.class_names), key="detail_confusion")
     else:
         st.caption("No confusion matrix (the run did not finish or had no test images).")
 with tabs[1]:
-    per_class = res.get("per_class_accuracy") or {}
+    per_class = res.per_class_accuracy
     frame = pd.DataFrame({"class": list(per_class), "accuracy": list(per_class.values())})
     plot(charts.per_class_accuracy(frame), key="detail_per_class")
 with tabs[2]:
-    wrong = res.get("misclassified") or []
+    wrong = res.misclassified
     if not wrong:
-        st.caption("No misclassified test images." if res.get("test_count") else "No test results.")
+        st.caption("No misclassified test images." if res.test_count else "No test results.")
     cols = st.columns(6)
     for i, item in enumerate(wrong[:48]):
         with cols[i % 6]:
@@ -218,6 +215,6 @@ with tabs[4]:
     left.json(run.config)
     right.markdown("**Environment**")
     right.json(run.environment)
-    if res.get("cache"):
+    if res.cache:
         right.markdown("**Bottleneck cache**")
-        right.json(res["cache"])
+        right.json(res.cache)

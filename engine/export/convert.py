@@ -23,8 +23,8 @@ import numpy as np
 from engine.errors import InvalidArgument, LabError, NotFound
 from engine.export import runtimes
 from engine.export.runtimes import FORMATS, TENSORRT_FORMATS, RuntimeUnavailable
-from engine.models import backbones
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
+from engine.runs.folder import RunFolder, atomic_write_text, read_json
 
 DEFAULT_FORMATS = ("savedmodel", "tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx")
 MODEL_FILES = {"savedmodel": "saved_model", "onnx": "model.onnx", "keras": "model.keras"}
@@ -42,27 +42,19 @@ class RunModel:
     config: dict[str, Any]
     class_names: list[str]
     input_size: int
+    files: RunFolder  # the run folder's layout, loading and artifact hashes
 
     @property
     def exports(self) -> Path:
-        return self.folder / "exports"
+        return self.files.exports
 
 
 def open_run(run_id: str, store=None) -> RunModel:
     """The run's folder, config, labels and input size; raises NotFound without a model.keras."""
-    from engine.runs.store import RunStore
-
-    store = store or RunStore()
-    run = store.get_run(run_id)
-    folder = store.run_dir(run.id)
-    if not (folder / "model.keras").is_file():
-        raise NotFound(f"Run {run_id} has no model.keras (status: {run.status}) in {folder}")
-    config = dict(run.config or {})
-    if (folder / "config.json").is_file():
-        config = json.loads((folder / "config.json").read_text())
-    names = [n for n in (folder / "labels.txt").read_text().split("\n") if n]
-    size = backbones.get_backbone(config.get("architecture", backbones.DEFAULT_BACKBONE)).input_size
-    return RunModel(run.id, folder, config, names, size)
+    files = RunFolder.of(run_id, store)
+    files.require_model()
+    config = files.config()
+    return RunModel(files.run_id, files.path, config, files.class_names(), files.input_size(config), files)
 
 
 def parse_formats(text: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -78,19 +70,32 @@ def parse_formats(text: str | list[str] | tuple[str, ...]) -> list[str]:
 def model_path(run: RunModel, fmt: str) -> Path:
     """Where the runtime loads `fmt` from (TensorRT formats load the ONNX file)."""
     if fmt == "keras":
-        return run.folder / "model.keras"
+        return run.files.model_path
     if fmt in TENSORRT_FORMATS:
         return run.exports / "onnx" / MODEL_FILES["onnx"]
     return run.exports / fmt / MODEL_FILES.get(fmt, "model.tflite")
 
 
 def read_manifest(run: RunModel, fmt: str) -> dict[str, Any] | None:
-    """The manifest of a finished export, or None."""
+    """The manifest of a finished export the lab wrote, or None (then it is built again).
+
+    An export whose model no longer matches the hash the lab recorded when it wrote it, or was never
+    recorded (placed there by someone else), counts as missing: it is never loaded.
+
+    Raises:
+        LabError: fmt "keras" and model.keras differs from the model the lab saved.
+    """
     if fmt == "keras":
-        path = run.folder / "model.keras"
-        return {"format": "keras", "file": "model.keras", "size_bytes": path.stat().st_size, "seconds": 0.0}
+        path = run.files.check_model()
+        return {"format": "keras", "file": path.name, "size_bytes": path.stat().st_size, "seconds": 0.0}
     path = run.exports / fmt / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file() or not run.files.is_trusted(model_path(run, fmt)):
+        return None
+    try:
+        manifest = read_json(path)
+    except LabError:
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def list_exports(run_id: str, store=None) -> list[dict[str, Any]]:
@@ -121,10 +126,7 @@ class _Converter:
 
     def model(self):
         if self._model is None:
-            import keras
-
-            path = self.run.folder / "model.keras"
-            self._model = keras.saving.load_model(path, compile=False, safe_mode=True)
+            self._model = self.run.files.load_model()  # safe mode, hash and labels checked
         return self._model
 
     def saved_model(self) -> Path:
@@ -262,7 +264,8 @@ def _write_export(conv: _Converter, fmt: str) -> dict[str, Any]:
     }
     if fmt in TENSORRT_FORMATS:
         manifest["engine_cache"] = str((final / "engines").relative_to(run.folder))
-    (final / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    run.files.record(artefact)  # before the manifest: an export counts only once both are there
+    atomic_write_text(final / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
 
 

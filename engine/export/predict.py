@@ -56,8 +56,10 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
                     p for p in path.rglob("*") if p.suffix.lower() in images.IMAGE_EXTENSIONS and p.is_file()
                 )
             )
-        elif path.exists():
+        elif path.is_file():
             out.append(path)
+        elif path.exists():  # a FIFO or device would block the decoder forever
+            raise InvalidArgument(f"{path} is not a regular file or folder; refusing to read it")
         else:
             raise NotFound(f"No such file or folder: {path}")
     return out
@@ -79,28 +81,24 @@ class Classifier:
         """Load a run's `model.keras` (safe mode: no arbitrary code) and its labels.
 
         With `fmt` other than "keras" (see engine.export.runtimes.FORMATS) the run's export in that
-        format is used instead, converted first if it is missing.
+        format is used instead, converted first if it is missing or not the one the lab wrote.
+
+        Raises:
+            NotFound: no such run or no model. LabError: the model is damaged, changed since the lab
+                saved it, or has another number of outputs than labels.txt has names.
         """
+        from engine.runs.folder import RunFolder
+
         if fmt != "keras":  # LiteRT and ONNX Runtime formats load without importing TensorFlow
             from engine.export.convert import load_run_runtime
 
             runtime, info = load_run_runtime(run_id, fmt, store)
+            probs = runtime.predict(np.zeros((1, info.input_size, info.input_size, 3), np.float32))
+            info.files.check_outputs(int(np.shape(probs)[-1]))
             return cls(None, info.class_names, info.input_size, f"run {info.run_id} ({fmt})", runtime=runtime)
-        import keras
-
-        from engine.runs.store import RunStore
-
-        store = store or RunStore()
-        run = store.get_run(run_id)
-        folder = store.run_dir(run.id)
-        model_path = folder / "model.keras"
-        if not model_path.is_file():
-            raise NotFound(f"Run {run_id} has no model.keras (status: {run.status}) in {folder}")
-        names = (folder / "labels.txt").read_text().split("\n")
-        class_names = [n for n in names if n]
-        architecture = run.config.get("architecture", backbones.DEFAULT_BACKBONE)
-        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-        return cls(model, class_names, backbones.get_backbone(architecture).input_size, f"run {run.id}")
+        folder = RunFolder.of(run_id, store)
+        model = folder.load_model()
+        return cls(model, folder.class_names(), folder.input_size(), f"run {folder.run_id}")
 
     def predict_arrays(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of (N, size, size, 3) 0..255 pixels."""

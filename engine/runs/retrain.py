@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,8 @@ from engine.errors import Cancelled, InvalidArgument, LabError
 from engine.features import extract as features
 from engine.models import backbones
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
+from engine.runs.folder import RunFolder
+from engine.runs.results import RunResults
 from engine.training import head as training
 from engine.training.head import TrainConfig
 
@@ -322,9 +322,10 @@ def train_and_save(
 def _save_and_finish(config, prepared, store, run_id, phases, head, tuned, history, results) -> None:
     """Write the run folder and mark the run finished (or failed if writing fails)."""
     data, feats = prepared.data, prepared.feats
+    folder = RunFolder(run_id, store)
     try:
         with phases("save"):
-            _save_artifacts(store.run_dir(run_id), config, data, head, tuned)
+            _save_artifacts(folder, config, data, head, tuned)
         results.update(
             {
                 "dataset": data.summary(),
@@ -337,12 +338,13 @@ def _save_and_finish(config, prepared, store, run_id, phases, head, tuned, histo
         shared = {k: v for k, v in prepared.phases.items() if k not in phases.seconds}
         if shared:  # scan and extraction done once for several runs (an experiment)
             results["shared_phases"] = shared
-        _write_json(store.run_dir(run_id) / "metrics.json", {"history": history, "results": results})
-        _write_json(store.run_dir(run_id) / "environment.json", store.get_run(run_id).environment)
+        stored = RunResults.from_dict(results).as_dict()
+        folder.write_metrics(history, stored)
+        folder.write_environment(store.get_run(run_id).environment)
     except Exception as exc:
         store.finish_run(run_id, {"phases": phases.seconds}, status="failed", error=f"Saving failed: {exc}")
         raise
-    store.finish_run(run_id, results, status="finished")
+    store.finish_run(run_id, stored, status="finished")
 
 
 @functools.lru_cache(maxsize=1)
@@ -446,13 +448,8 @@ def build_classifier(architecture: str, weights: str, kernel, bias, seed: int = 
     return keras.Model(extractor.input, outputs, name=f"classifier_{architecture}")
 
 
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=float))
-
-
-def _save_artifacts(folder: Path, config, data, head, tuned) -> None:
+def _save_artifacts(folder: RunFolder, config, data, head, tuned) -> None:
     """The model, its class names and the config; metrics and environment follow once complete."""
-    folder.mkdir(parents=True, exist_ok=True)
     model = (
         tuned.model
         if tuned is not None
@@ -460,9 +457,9 @@ def _save_artifacts(folder: Path, config, data, head, tuned) -> None:
             config.architecture, config.weights, head.kernel, head.bias, seed=config.train.seed
         )
     )
-    model.save(folder / "model.keras")
-    (folder / "labels.txt").write_text("\n".join(data.classes) + "\n")
-    _write_json(folder / "config.json", asdict(config))
+    folder.write_labels(data.classes)  # first: a bad class name fails before the slow model save
+    folder.write_config(asdict(config))
+    folder.save_model(model)
 
 
 def run_job(params: dict[str, Any], progress=None, cancel=None, store=None) -> dict[str, Any]:
