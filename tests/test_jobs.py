@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import Cancelled, InvalidArgument, NotFound
 from engine.jobs import queue as jobs
 from engine.jobs import worker
 from engine.runs.store import RunStore
@@ -32,15 +35,9 @@ def wait_for(job_id: str, store: RunStore, predicate, timeout: float = DEADLINE)
     raise AssertionError(f"job never got there; last state: {seen[-1]}")
 
 
-def queued_job(store: RunStore, kind: str = "count", params: str = "{}") -> str:
+def queued_job(store: RunStore, kind: str = "count", params: dict | None = None) -> str:
     """A job row with no worker, for running `worker.run` in this process."""
-    job_id = f"test-{time.time_ns()}"
-    with store.write() as conn:
-        conn.execute(
-            "INSERT INTO jobs (id, kind, status, params, created, updated) VALUES (?, ?, 'queued', ?, 0, 0)",
-            (job_id, kind, params),
-        )
-    return job_id
+    return store.create_job(kind, params or {}).id
 
 
 def test_count_job_runs_to_the_end_with_progress_and_eta(store):
@@ -111,7 +108,7 @@ def test_bad_params_fail_with_a_readable_message(store):
 
 
 def test_unexpected_errors_are_short_for_users_and_full_in_the_log(store):
-    job_id = queued_job(store, params='{"n": 5, "delay": 0, "fail_at": 3}')
+    job_id = queued_job(store, params={"n": 5, "delay": 0, "fail_at": 3})
     assert worker.run(job_id, store) == "failed"
     job = jobs.get_job(job_id, store)
     assert job.error.startswith("Unexpected error RuntimeError: deliberate failure at step 3")
@@ -129,16 +126,15 @@ def test_start_job_checks_its_arguments(store):
 
 
 def test_worker_runs_a_queued_job_once(store):
-    job_id = queued_job(store, params='{"n": 3, "delay": 0}')
+    job_id = queued_job(store, params={"n": 3, "delay": 0})
     assert worker.run(job_id, store) == "finished"
     assert worker.run(job_id, store) == "finished"  # not queued any more: nothing runs again
     assert jobs.get_job(job_id, store).result == {"counted": 3}
 
 
 def test_a_job_cancelled_before_it_starts_never_runs(store):
-    job_id = queued_job(store, params='{"n": 3, "delay": 0}')
-    with store.write() as conn:
-        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+    job_id = queued_job(store, params={"n": 3, "delay": 0})
+    store.request_cancel(job_id)
     assert worker.run(job_id, store) == "cancelled"
     assert jobs.get_job(job_id, store).done == 0
 
@@ -175,6 +171,76 @@ def test_cancel_check_polls_the_flag(store):
     job_id = queued_job(store)
     check = worker.CancelCheck(store, job_id, interval=0.0)
     assert check() is False
-    with store.write() as conn:
-        conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+    store.request_cancel(job_id)
     assert check() is True
+
+
+def test_cancel_check_answers_true_after_sigterm_even_if_the_exception_was_swallowed(store, monkeypatch):
+    # SIGTERM's Cancelled can be swallowed by code it interrupts (an import's `except Exception`)
+    monkeypatch.setattr(worker, "_terminated", threading.Event())
+    check = worker.CancelCheck(store, queued_job(store), interval=3600.0)
+    assert check() is False
+    with pytest.raises(Cancelled):
+        worker._raise_cancelled(signal.SIGTERM, None)
+    assert check() is True  # without reading the flag again (the interval has not passed)
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_dead_worker_is_interrupted_unless_a_cancel_was_asked_for(store):
+    crashed, cancelled = queued_job(store), queued_job(store)
+    for job_id in (crashed, cancelled):
+        store.set_job_worker(job_id, dead_pid())
+    store.request_cancel(cancelled)
+    job = store.get_job(crashed)
+    assert job.status == "interrupted" and str(job.pid) in job.error
+    job = store.get_job(cancelled)
+    assert job.status == "cancelled" and job.error.startswith("Cancelled by the user")
+    assert job.finished is not None and not job.active
+
+
+def test_cancel_during_start_up_ends_cancelled_not_interrupted(store):
+    # cancelled at once with no grace: the worker is killed while Python starts or claims the job
+    for _ in range(3):
+        job_id = jobs.start_job("count", {"n": 1000, "delay": 0.05}, store=store)
+        jobs.cancel_job(job_id, store=store, grace_seconds=0.0)
+        seen = wait_for(job_id, store, lambda j: not j.active, timeout=20)
+        assert seen[-1].status == "cancelled", seen[-1]
+        assert seen[-1].done < 1000
+        assert wait_for(job_id, store, lambda j: not worker_alive(j.pid))
+
+
+def test_the_store_speaks_for_jobs(store):
+    job = store.create_job("count", {"n": 1})
+    assert (job.status, job.params, job.pid, job.cancel_requested) == ("queued", {"n": 1}, None, None)
+    with pytest.raises(InvalidArgument, match="JSON"):
+        store.create_job("count", {"n": {1, 2}})
+    claimed = store.claim_job(job.id)
+    assert claimed.status == "running" and claimed.pid == os.getpid() and claimed.started
+    assert store.claim_job(job.id) is None  # claimed once only
+    assert store.claim_job("missing") is None
+    store.update_job_progress(
+        job.id, {"phase": "count", "done": 2.0, "total": 4, "eta_seconds": 1.5}, {"v": 1}
+    )
+    job = store.get_job(job.id)
+    assert (job.phase, job.done, job.total, job.eta_seconds, job.extra, job.fraction) == (
+        "count", 2, 4, 1.5, {"v": 1}, 0.5,
+    )  # fmt: skip
+    assert store.cancel_requested(job.id) is False
+    store.request_cancel(job.id)
+    first = store.get_job(job.id).cancel_requested
+    store.request_cancel(job.id)
+    assert store.cancel_requested(job.id) and store.get_job(job.id).cancel_requested == first
+    with pytest.raises(InvalidArgument, match="status='running'"):
+        store.finish_job(job.id, "running")
+    store.finish_job(job.id, "finished", {"run_id": "r1", "n": 1})
+    store.finish_job(job.id, "interrupted", error="late", only_if_active=True)  # ended: left as it is
+    job = store.get_job(job.id)
+    assert (job.status, job.result, job.run_id, job.error, job.eta_seconds) == (
+        "finished", {"run_id": "r1", "n": 1}, "r1", None, None,
+    )  # fmt: skip
+    assert [j.id for j in store.list_jobs()] == [job.id] and store.list_jobs(active_only=True) == []
