@@ -4,11 +4,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard import compat
 from dashboard.components import sidebar
 
 ROOT = Path(__file__).resolve().parent
 
-# (file, title, icon); a page whose file is not in this checkout (yet) is left out
+# (file, title, icon) in sidebar order; the first is the home page
 PAGES = [
     ("dashboard/overview.py", "Overview", ":material/home:"),
     ("dashboard/data.py", "Data", ":material/photo_library:"),
@@ -21,18 +22,31 @@ PAGES = [
     ("dashboard/timing.py", "CPU vs GPU", ":material/speed:"),
 ]
 
-st.set_page_config(
-    page_title="Classifier Lab",
-    page_icon=":material/neurology:",
-    layout="wide",
-    initial_sidebar_state="expanded",
-)
-page = st.navigation(
-    [
-        st.Page(file, title=title, icon=icon, default=(i == 0))
-        for i, (file, title, icon) in enumerate(PAGES)
-        if (ROOT / file).is_file()
-    ]
-)
-sidebar()
-page.run()
+
+def available_pages(root: Path = ROOT) -> list[tuple[str, str, str]]:
+    """The PAGES whose file is in this checkout; a page not there (yet) is left out."""
+    return [page for page in PAGES if (root / page[0]).is_file()]
+
+
+def main() -> None:
+    compat.apply()  # Streamlit workarounds, before anything runs (see dashboard/compat.py)
+    st.set_page_config(
+        page_title="Classifier Lab",
+        page_icon=":material/neurology:",
+        layout="wide",
+        initial_sidebar_state="expanded",
+    )
+    page = st.navigation(
+        [
+            st.Page(file, title=title, icon=icon, default=(i == 0))
+            for i, (file, title, icon) in enumerate(available_pages())
+        ]
+    )
+    sidebar()
+    page.run()
+
+
+if (
+    __name__ == "__main__"
+):  # `streamlit run` executes this file as __main__; importing it (tests) runs nothing
+    main()

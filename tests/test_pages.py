@@ -16,12 +16,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+import streamlit_app
 from engine.data import datasets
 from engine.jobs import queue as jobs
 from engine.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["overview", "data", "train", "runs", "classify"]
+PAGES = [Path(file).stem for file, _, _ in streamlit_app.PAGES]  # every page the router serves
 TIMEOUT = 120  # seconds per script run; the first TensorFlow import is slow on a busy machine
 
 
@@ -47,7 +48,7 @@ def finished_run(source: Path, steps: int = 20) -> str:
     from dataclasses import asdict
 
     from engine.runs.retrain import RunConfig
-    from engine.training.head import TrainConfig
+    from engine.training.config import TrainConfig
 
     config = RunConfig(source=str(source), weights="random", train=TrainConfig(steps=steps, batch_size=16))
     job_id = jobs.start_job("retrain", asdict(config))
@@ -74,11 +75,34 @@ def test_page_renders(page):
     assert at.title, "every page starts with a title"
 
 
-def test_router_lists_existing_pages_only():
-    source = (ROOT / "streamlit_app.py").read_text()
-    for page in PAGES:
-        assert f'"dashboard/{page}.py"' in source
-    assert "is_file()" in source  # pages not in this checkout (architectures) are left out
+def test_router_serves_every_page_file_and_leaves_out_missing_ones(tmp_path):
+    # every page file of the dashboard is in the router, and every router entry is a file here
+    page_files = {
+        f"dashboard/{p.name}" for p in (ROOT / "dashboard").glob("*.py") if "st.title(" in p.read_text()
+    }
+    assert page_files == {file for file, _, _ in streamlit_app.PAGES}
+    assert streamlit_app.available_pages() == streamlit_app.PAGES
+    # a checkout without some pages (yet) serves the others, in the router's order
+    for file, _, _ in streamlit_app.PAGES[::2]:
+        (tmp_path / file).parent.mkdir(exist_ok=True)
+        (tmp_path / file).write_text("")
+    assert streamlit_app.available_pages(tmp_path) == streamlit_app.PAGES[::2]
+
+
+def test_router_applies_the_streamlit_workarounds_and_opens_the_overview(monkeypatch):
+    """The router (not a page import) turns off Streamlit's per-run keras clear_session, then routes."""
+    from streamlit.runtime.scriptrunner import script_runner
+
+    def stock() -> None:
+        pass
+
+    monkeypatch.setattr(script_runner, "_clean_problem_modules", stock)
+    import dashboard.cache  # noqa: F401  (importing a page's modules changes nothing)
+
+    assert script_runner._clean_problem_modules is stock
+    at = ok(AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=TIMEOUT).run())
+    assert [t.value for t in at.title] == [":material/neurology: Classifier Lab"]
+    assert getattr(script_runner._clean_problem_modules, "keeps_keras", False)
 
 
 def test_overview_shows_stack_and_concepts():
@@ -185,7 +209,7 @@ def test_train_refresh_finds_the_running_job(demo_dir):
     from dataclasses import asdict
 
     from engine.runs.retrain import RunConfig
-    from engine.training.head import TrainConfig
+    from engine.training.config import TrainConfig
 
     config = RunConfig(source=str(demo_dir), weights="random", train=TrainConfig(steps=100_000))
     job_id = jobs.start_job("retrain", asdict(config))
@@ -353,13 +377,26 @@ def test_classify_camera_photo(run_id):
     assert {m.label for m in at.metric} >= {"Top-1", "Latency"}
 
 
-def test_streamlit_keeps_the_keras_session_between_runs():
-    """dashboard.cache stops Streamlit's per-run keras clear_session (it empties TF's kernel cache)."""
+def test_compat_keeps_matplotlib_cleanup_and_is_idempotent(monkeypatch):
+    """The patched cleanup still closes matplotlib figures; applying twice keeps one patch."""
+    import sys
+    import types
+
     from streamlit.runtime.scriptrunner import script_runner
 
-    import dashboard.cache  # noqa: F401  (applies the change on import)
+    from dashboard import compat
 
-    assert getattr(script_runner._clean_problem_modules, "keeps_keras", False)
+    monkeypatch.setattr(script_runner, "_clean_problem_modules", lambda: None)
+    compat.apply()
+    patched = script_runner._clean_problem_modules
+    compat.apply()
+    assert script_runner._clean_problem_modules is patched
+    closed = []
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", types.SimpleNamespace(close=closed.append))
+    keras = types.SimpleNamespace(backend=types.SimpleNamespace(clear_session=lambda: closed.append("keras")))
+    monkeypatch.setitem(sys.modules, "keras", keras)
+    patched()
+    assert closed == ["all"]  # matplotlib closed, the Keras session left alone
 
 
 def test_runs_page_groups_experiment_runs():
