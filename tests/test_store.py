@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import InvalidArgument, NotFound, StoreUnavailable
+from engine.runs import store as store_module
 from engine.runs.store import SCHEMA_VERSION, RunStore, collect_environment, new_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +140,117 @@ def test_schema_is_created_once_and_versioned(tmp_path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert again.run_dir(run.id) == tmp_path / "custom" / "runs" / run.id
+
+
+def test_artifact_hashes_are_recorded_replaced_and_deleted_with_the_run(store):
+    run, other = store.create_run({}), store.create_run({})
+    first, second = "ab" * 32, "CD" * 32
+    assert store.artifact_hash(run.id, "model.keras") is None  # the lab never wrote it
+    store.record_artifact(run.id, "model.keras", first)
+    store.record_artifact(run.id, "exports/model.tflite", second)
+    assert store.artifact_hash(run.id, "model.keras") == first
+    assert store.artifact_hash(run.id, "./exports/model.tflite") == second.lower()
+    assert store.artifact_hash(other.id, "model.keras") is None
+    store.record_artifact(run.id, "model.keras", second)  # rewritten: the newer hash replaces it
+    assert store.artifact_hash(run.id, "model.keras") == second.lower()
+    store.finish_run(run.id, {})
+    store.delete_run(run.id)
+    assert store.artifact_hash(run.id, "model.keras") is None
+    assert store.connection().execute("SELECT COUNT(*) FROM artifacts").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    "relpath, sha256, match",
+    [
+        ("../elsewhere/model.keras", "a" * 64, "relpath='../elsewhere/model.keras'"),
+        ("/etc/passwd", "a" * 64, "relpath='/etc/passwd'"),
+        ("", "a" * 64, "relpath=''"),
+        ("model.keras", "a" * 63, "sha256='a{63}'"),
+        ("model.keras", "g" * 64, "sha256='g{64}'"),
+    ],
+)
+def test_record_artifact_checks_its_arguments(store, relpath, sha256, match):
+    run = store.create_run({})
+    with pytest.raises(InvalidArgument, match=match):
+        store.record_artifact(run.id, relpath, sha256)
+    with pytest.raises(NotFound, match="ghost"):
+        store.record_artifact("ghost", "model.keras", "a" * 64)
+
+
+def test_a_store_of_schema_1_is_migrated_and_keeps_its_runs(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(store_module._MIGRATIONS[0])  # what the first released version created
+    conn.execute(
+        "INSERT INTO runs (id, name, kind, status, created, config)"
+        " VALUES ('r1', 'old', 'retrain', 'finished', 1.0, '{\"x\": 1}')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = RunStore(path)
+    assert store.get_run("r1").config == {"x": 1}
+    store.record_artifact("r1", "model.keras", "0" * 64)
+    assert store.artifact_hash("r1", "model.keras") == "0" * 64
+    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def test_a_damaged_store_file_is_a_clear_error_and_left_untouched(tmp_path):
+    path = tmp_path / "lab.sqlite"
+    garbage = b"this is not a database, it was overwritten by mistake\n" * 200
+    path.write_bytes(garbage)
+    for action in (lambda s: s.list_runs(), lambda s: s.create_run({}), lambda s: s.create_job("count", {})):
+        with pytest.raises(
+            StoreUnavailable, match=f"{re.escape(str(path))} is not a readable SQLite database"
+        ):
+            action(RunStore(path))
+    assert path.read_bytes() == garbage
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.sqlite"]  # no journal or WAL beside it
+
+
+def test_a_store_path_that_is_a_folder_or_under_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "lab.sqlite").mkdir()
+    with pytest.raises(StoreUnavailable, match="lab.sqlite is not a file"):
+        RunStore(tmp_path / "lab.sqlite").list_runs()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreUnavailable, match="Cannot create the lab folder .*afile.*set LAB_HOME"):
+        RunStore(tmp_path / "afile" / "lab.sqlite")
+
+
+def test_a_read_only_store_is_a_clear_error(tmp_path, monkeypatch):
+    # Opening the file read-only gives SQLite's own "readonly database" error whoever runs the test
+    # (chmod does not stop root, under which this suite may run).
+    path = tmp_path / "lab.sqlite"
+    run = RunStore(path).create_run({})
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(
+        store_module.sqlite3, "connect", lambda p, **kw: real_connect(f"file:{p}?mode=ro", uri=True, **kw)
+    )
+    store = RunStore(path)
+    assert store.get_run(run.id).status == "running"  # reading still works
+    with pytest.raises(
+        StoreUnavailable, match=f"{re.escape(str(path))} cannot be written .*readonly.*LAB_HOME"
+    ):
+        store.create_run({})
+    with pytest.raises(StoreUnavailable, match="readonly"):
+        store.request_cancel("any")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through folder permissions")
+def test_an_unwritable_folder_is_a_clear_error(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(StoreUnavailable, match="cannot be opened .*LAB_HOME"):
+            RunStore(folder / "lab.sqlite").list_runs()
+    finally:
+        folder.chmod(0o755)
+
+
+def test_sql_mistakes_are_not_disguised_as_store_faults(store):
+    with pytest.raises(sqlite3.OperationalError, match="no such table"), store.write() as conn:
+        conn.execute("SELECT * FROM nowhere")
 
 
 _WRITER = """
