@@ -1,9 +1,12 @@
-"""Run store: runs, experiments, metric history and jobs in one SQLite file, artifacts in run folders.
+"""Run store: runs, experiments, metric history, jobs and artifact hashes in one SQLite file.
 
 Modelled on MLflow's tracking store: a small interface (`create_run`, `log_metrics`, `finish_run`,
-`get_run`, `list_runs`) returning value objects (`Run`, `Experiment`) rather than table rows.
-SQLite runs in WAL mode with a busy timeout so several processes can write at once; every thread
-and process opens its own connection. A run whose process died is reported as interrupted.
+`get_run`, `list_runs`; `create_job`, `claim_job`, `finish_job`, `get_job`, `list_jobs`) returning value
+objects (`Run`, `Experiment`, `Job` in `entities`) rather than table rows. This is the only module that
+speaks SQL for them. SQLite runs in WAL mode with a busy timeout so several processes can write at once;
+every thread and process opens its own connection. A run or job whose process died is reported as
+interrupted. A database that cannot be opened, written or read raises `StoreUnavailable`, never a
+traceback, and a file that is not SQLite is never written to.
 """
 
 from __future__ import annotations
@@ -145,11 +148,15 @@ def process_alive(pid: int | None, host: str | None, heartbeat: float | None, st
 
 
 class RunStore:
-    """Runs, experiments and jobs in SQLite; run artifacts under `<root>/runs/<run_id>/`.
+    """Runs, experiments, jobs and artifact hashes in SQLite; run artifacts under `<root>/runs/<run_id>/`.
 
     Args:
-        path: The SQLite file; default `config.lab_home()/lab.sqlite`. Run folders and job logs
-            live next to it (`runs/`, `jobs/`).
+        path: The SQLite file; default `config.store_file()`. Run folders and job logs live next to
+            it (`runs/`, `jobs/`).
+
+    Raises:
+        StoreUnavailable: The folder for the file cannot be created (the other methods raise it
+            when the database cannot be opened, written or read).
     """
 
     def __init__(self, path: str | Path | None = None):
