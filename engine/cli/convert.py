@@ -56,19 +56,17 @@ def _mb(size) -> str:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from engine.export import convert
+    from engine.export.pipeline import convert_and_compare
 
-    result = convert.convert_run(args.run, args.to, progress=_progress, force=args.force)
+    result = convert_and_compare(
+        args.run, args.to, force=args.force, measure=args.compare, progress=_progress
+    )
     for m in result["exports"]:
         print(f"{m['format']:<16} {_mb(m['size_bytes']):>10}  {m['seconds']:7.2f} s  {m['file']}")
     for fmt, reason in result["skipped"].items():
         print(f"{fmt:<16} skipped: {reason}")
     if args.compare:
-        from engine.export import compare
-
-        formats = ["keras", *[m["format"] for m in result["exports"]], *result["skipped"]]
-        report = compare.compare_formats(args.run, formats, progress=_progress)
-        result["comparison"] = report
+        report = result["comparison"]
         print(f"\nOn {report['test_count']} test images:")
         print(f"{'format':<16} {'size':>10} {'p50 ms':>8} {'p95 ms':>8} {'img/s':>8} {'acc':>6} {'agree':>6}")
         for r in report["rows"]:

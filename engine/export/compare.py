@@ -25,8 +25,10 @@ BATCH_SIZE = 32
 BATCH_REPEATS = 3
 
 
-def test_split(run: convert.RunModel, cancel: CancelFn | None = None) -> tuple[list, np.ndarray, np.ndarray]:
-    """The run's test records, their decoded pixels (N, size, size, 3) float32 and label indices."""
+def held_out_split(
+    run: convert.RunModel, cancel: CancelFn | None = None
+) -> tuple[list, np.ndarray, np.ndarray]:
+    """The run's held-out test records, their decoded pixels (N, size, size, 3) float32 and label indices."""
     from engine.data import datasets, images
 
     cfg = run.config
@@ -130,7 +132,7 @@ def compare_formats(
     formats = ["keras", *[f for f in formats if f != "keras"]]  # Keras is the reference
     run = convert.open_run(run_id, store)
     emit(progress, "bench", 0, len(formats), "Decoding the test split")
-    records, pixels, labels = test_split(run, cancel)
+    records, pixels, labels = held_out_split(run, cancel)
     rows, predictions, reference = [], {}, None
     for i, fmt in enumerate(formats):
         check_cancel(cancel)

@@ -348,26 +348,3 @@ def download_file(run_id: str, fmt: str, store=None) -> Path:
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 zf.write(file, Path(path.name) / file.relative_to(path))
     return archive
-
-
-def run_job(params: dict[str, Any], progress=None, cancel=None, store=None) -> dict[str, Any]:
-    """Job entry point (kind "convert"): params run_id, formats, force, compare (bool)."""
-    run_id = params.get("run_id")
-    if not run_id:
-        raise InvalidArgument(f"convert needs a run_id, got params={params!r}")
-    formats = params.get("formats") or list(DEFAULT_FORMATS)
-    result = convert_run(
-        run_id, formats, store=store, progress=progress, cancel=cancel, force=bool(params.get("force"))
-    )
-    if params.get("compare", True):
-        from engine.export import compare
-
-        done = [m["format"] for m in result["exports"]] + list(
-            result["skipped"]
-        )  # skipped: rows with reasons
-        report = compare.compare_formats(
-            run_id, ["keras", *done], store=store, progress=progress, cancel=cancel
-        )
-        result["comparison"] = {"rows": len(report["rows"]), "flips": len(report["flips"])}
-    result["run_id"] = run_id
-    return result

@@ -47,7 +47,7 @@ JOB_KINDS: dict[str, str] = {
     "retrain": "engine.runs.retrain:run_job",
     "experiment": "engine.runs.experiments:run_job",
     "count": "engine.jobs.queue:count_job",
-    "convert": "engine.export.convert:run_job",
+    "convert": "engine.export.pipeline:run_job",
     "timing": "engine.timing.lab:run_job",
 }
 CANCEL_GRACE_SECONDS = 5.0  # how long a worker gets to notice the cancel flag before it is terminated
