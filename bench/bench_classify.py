@@ -51,9 +51,9 @@ def make_run() -> tuple[str, Path, str]:
     summary = retrain(config)
     if photo is None or not photo.is_file():
         from engine.export import convert
-        from engine.export.compare import test_split
+        from engine.export.compare import held_out_split
 
-        photo = Path(test_split(convert.open_run(summary.run_id))[0][0].path)
+        photo = Path(held_out_split(convert.open_run(summary.run_id))[0][0].path)
     return summary.run_id, photo, what
 
 
