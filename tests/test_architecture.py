@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidArgument, NotFound
-from engine.models import architecture, backbones, macs
-from engine.models import blocks as arch_blocks
-from engine.models import explain as arch_explain
+from engine.models import architecture, backbones, block_names, blocks, explain, macs
 
 REQUIRED = {  # the issue's figures: MACs per image, ImageNet classifier included
     "mobilenet_1.0_224": 569e6,
@@ -31,9 +29,9 @@ def test_required_figures_within_5_percent(name):
     assert arch.macs < arch.imagenet_top["macs"]
 
 
-@pytest.mark.parametrize("name", sorted(arch_explain.PUBLISHED))
+@pytest.mark.parametrize("name", sorted(explain.PUBLISHED))
 def test_published_macs_and_params(name):
-    pub = arch_explain.PUBLISHED[name]
+    pub = explain.PUBLISHED[name]
     top = architecture.analyze(name).imagenet_top
     assert top["macs"] == pytest.approx(pub["macs"], rel=0.05)
     # published params are rounded to 0.1 M (0.25 MobileNet: 0.5 M for 0.48 M)
@@ -137,7 +135,7 @@ def test_blocks_per_family():
 
 def test_depthwise_separable_arithmetic():
     arch = architecture.analyze("mobilenet_1.0_224")
-    block = arch_blocks.separable_block(arch, "block_7")
+    block = blocks.separable_block(arch, "block_7")
     assert block.style == "depthwise_separable" and not block.residual
     assert block.input_shape == (14, 14, 512) and block.output_shape == (14, 14, 512)
     assert block.standard_macs == 14 * 14 * 3 * 3 * 512 * 512
@@ -146,60 +144,60 @@ def test_depthwise_separable_arithmetic():
     assert 1 / block.reduction == pytest.approx(block.paper_ratio)  # 1/N + 1/k^2
     assert block.reduction == pytest.approx(8.84, abs=0.01)
     with pytest.raises(InvalidArgument, match="block_1"):
-        arch_blocks.separable_block(arch, "mixed0")
+        blocks.separable_block(arch, "mixed0")
 
 
 def test_inverted_residual_arithmetic():
     arch = architecture.analyze("mobilenet_v2_1.0_224")
-    block = arch_blocks.separable_block(arch, "block_2")
+    block = blocks.separable_block(arch, "block_2")
     assert block.style == "inverted_residual" and block.residual and block.expansion == 6
     assert [s.label for s in block.steps] == ["1×1", "3×3 depthwise", "1×1", "add"]
     expand, dw, project = 56 * 56 * 24 * 144, 56 * 56 * 9 * 144, 56 * 56 * 144 * 24
     assert block.macs == expand + dw + project
     assert block.wide_standard_macs == expand + 56 * 56 * 9 * 144 * 144 + project
-    assert not arch_blocks.separable_block(arch, "block_1").residual  # stride 2
+    assert not blocks.separable_block(arch, "block_1").residual  # stride 2
 
 
 def test_inception_module_branches():
     arch = architecture.analyze("inception_v3")
-    module = arch_blocks.inception_module(arch, "mixed0")
+    module = blocks.inception_module(arch, "mixed0")
     assert module.input_shape == (35, 35, 192) and module.output_shape == (35, 35, 256)
     assert [b.label for b in module.branches] == ["1×1", "1×1 → 5×5", "1×1 → 3×3 → 3×3", "avg pool 3×3 → 1×1"]
     assert [b.out_channels for b in module.branches] == [64, 64, 96, 32]
     assert sum(b.out_channels for b in module.branches) == 256
     assert sum(b.macs for b in module.branches) == module.macs
     assert module.branches[0].macs == 35 * 35 * 192 * 64
-    mixed9 = arch_blocks.inception_module(arch, "mixed9")
+    mixed9 = blocks.inception_module(arch, "mixed9")
     assert mixed9.branches[1].label == "1×1 → (1×3 ‖ 3×1)"
-    assert arch_blocks.inception_module(arch, "mixed5").branches[1].label == "1×1 → 1×7 → 7×1"
+    assert blocks.inception_module(arch, "mixed5").branches[1].label == "1×1 → 1×7 → 7×1"
     with pytest.raises(InvalidArgument):
-        arch_blocks.inception_module(architecture.analyze("mobilenet_0.25_224"))
+        blocks.inception_module(architecture.analyze("mobilenet_0.25_224"))
 
 
 def test_freeze_plan():
     arch = architecture.analyze("mobilenet_0.25_224")
-    frozen = arch_explain.freeze_plan("mobilenet_0.25_224", 0, num_classes=5)
+    frozen = explain.freeze_plan("mobilenet_0.25_224", 0, num_classes=5)
     assert frozen.trainable_params == 256 * 5 + 5 and frozen.uses_feature_cache
     assert frozen.fine_tune_layers == 0 and frozen.step_macs_per_image == 3 * 256 * 5
-    two = arch_explain.freeze_plan("mobilenet_0.25_224", 2, num_classes=5)
+    two = explain.freeze_plan("mobilenet_0.25_224", 2, num_classes=5)
     assert two.blocks == ["block_13", "head"]
     assert two.fine_tune_layers == 2  # conv_dw_13 and conv_pw_13: TrainConfig.fine_tune_layers' unit
     assert two.trainable_params == frozen.trainable_params + 3 * 3 * 256 + 256 * 256  # no biases
     assert two.step_macs_per_image > arch.macs
-    everything = arch_explain.freeze_plan("mobilenet_0.25_224", len(arch.blocks), num_classes=5)
+    everything = explain.freeze_plan("mobilenet_0.25_224", len(arch.blocks), num_classes=5)
     assert everything.fine_tune_layers == arch.depth
     with pytest.raises(InvalidArgument, match="unfrozen_blocks=99"):
-        arch_explain.freeze_plan("mobilenet_0.25_224", 99)
+        explain.freeze_plan("mobilenet_0.25_224", 99)
 
 
 def test_bottleneck_and_label_image():
-    b = arch_explain.bottleneck("inception_v3")
+    b = explain.bottleneck("inception_v3")
     assert b.layer == "mixed10" and b.map_shape == (8, 8, 2048)
     assert b.compression == pytest.approx(299 * 299 * 3 / 2048)
-    mobilenet = arch_explain.label_image_args("mobilenet_1.0_224")
+    mobilenet = explain.label_image_args("mobilenet_1.0_224")
     assert mobilenet["TF1 input tensor"] == "input:0"
     assert "--input_mean=127.5 --input_std=127.5" in mobilenet["TF1 label_image flags"]
-    inception = arch_explain.label_image_args("inception_v3")
+    inception = explain.label_image_args("inception_v3")
     assert inception["TF1 input tensor"] == "Mul:0" and inception["input size"] == "299×299×3"
     assert "--input_mean=128 --input_std=128" in inception["TF1 label_image flags"]
 
@@ -208,7 +206,7 @@ def test_pca_2d_separates_clusters():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 0.1, (20, 16))
     b = rng.normal(0, 0.1, (20, 16)) + 3
-    points, ratio = arch_explain.pca_2d(np.vstack([a, b]))
+    points, ratio = explain.pca_2d(np.vstack([a, b]))
     assert points.shape == (40, 2) and ratio[0] > 0.9
     assert np.sign(points[:20, 0]).std() == 0 and np.sign(points[:20, 0][0]) != np.sign(points[20:, 0][0])
 
@@ -217,7 +215,7 @@ def test_projection_is_none_without_cached_features(tmp_path):
     from engine.data.sources import make_demo_dataset
 
     folder = make_demo_dataset(tmp_path / "demo", num_classes=2, per_class=4, size=32)
-    assert arch_explain.cached_projection(folder, "mobilenet_0.25_224", "random") is None
+    assert explain.cached_projection(folder, "mobilenet_0.25_224", "random") is None
 
 
 def test_cli_json_last_line(capsys):
@@ -253,10 +251,38 @@ def test_projection_of_really_cached_features(tmp_path):
     folder = make_demo_dataset(tmp_path / "demo", num_classes=2, per_class=4, size=32)
     records = datasets.scan_image_dir(folder).records
     features.extract_features(records, "mobilenet_0.25_128", "random", seed=0)
-    projection = arch_explain.cached_projection(folder, "mobilenet_0.25_128", "random", seed=0)
+    projection = explain.cached_projection(folder, "mobilenet_0.25_128", "random", seed=0)
     assert projection is not None
     assert projection.cached == projection.total == len(records) == 8
     assert projection.points.shape == (8, 2) and sorted(set(projection.labels)) == sorted(
         {r.label for r in records}
     )
     assert 0 < projection.explained[0] <= 1
+
+
+def test_block_names_come_from_layer_names_and_the_graph_alone():
+    records = [
+        {"name": "input", "inbound": []},
+        {"name": "conv1", "inbound": ["input"]},
+        {"name": "conv_dw_1", "inbound": ["conv1"]},
+        {"name": "re_lu", "inbound": ["conv_dw_1"]},  # auto-named: follows its input
+        {"name": "conv_pw_1", "inbound": ["re_lu"]},
+        {"name": "conv_dw_2", "inbound": ["conv_pw_1"]},
+        {"name": "pool", "inbound": ["conv_dw_2"]},
+    ]
+    assert block_names.assign_blocks("mobilenet_v1", records) == {
+        "input": "stem",
+        "conv1": "stem",
+        "conv_dw_1": "block_1",
+        "re_lu": "block_1",
+        "conv_pw_1": "block_1",
+        "conv_dw_2": "block_2",
+        "pool": "head",
+    }
+    # no Keras and no other module of the lab: both architecture and blocks can build on it
+    code = (
+        "import sys, engine.models.block_names; "
+        "print(*sorted(m for m in sys.modules if 'engine.' in m or 'keras' in m))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["engine.models", "engine.models.block_names"]

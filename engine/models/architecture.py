@@ -9,7 +9,6 @@ sums over those records. MAC conventions: see engine/macs.py.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -21,7 +20,8 @@ from typing import Any
 
 from engine import config
 from engine.errors import InvalidArgument
-from engine.models import backbones, macs
+from engine.models import backbones, keras_internals, macs
+from engine.models.block_names import assign_blocks
 
 _SCHEMA = 1  # bump when the record format changes: old cache files are then ignored
 _MEMORY: dict[str, Architecture] = {}
@@ -231,37 +231,16 @@ def _replace(arch: Architecture, **changes) -> Architecture:
     return Architecture(**values)
 
 
-@contextlib.contextmanager
-def _fresh_names():
-    """Build with Keras' automatic layer names starting from zero ("conv2d", "conv2d_1", ...).
-
-    Keras numbers unnamed layers per process, so InceptionV3 built second would say "conv2d_95";
-    fresh counters make the cached names the same whatever was built before. Private Keras state,
-    hence the guard: without it names merely get a suffix.
-    """
-    try:
-        from keras.src.backend.common import global_state
-    except ImportError:  # pragma: no cover - a Keras without that module
-        yield
-        return
-    saved = global_state.get_global_attribute("object_name_uids")
-    global_state.set_global_attribute("object_name_uids", None)
-    try:
-        yield
-    finally:
-        global_state.set_global_attribute("object_name_uids", saved)
-
-
 def _build(name: str) -> dict:
     """Build the model (random weights) and reduce it to JSON-able records."""
     import keras
 
     backbone = backbones.get_backbone(name)
     start = time.perf_counter()
-    with _fresh_names():
+    with keras_internals.fresh_layer_names():
         model = backbones.build_backbone(name, weights="random", seed=None)
         records = records_of(model)
-    with _fresh_names():
+    with keras_internals.fresh_layer_names():
         top_model = getattr(keras.applications, backbone.keras_class)(
             include_top=True,
             weights=None,
@@ -296,12 +275,10 @@ def records_of(model) -> list[dict]:
 
     out = []
     for op in model.operations:
-        # application models apply every operation exactly once: node 0 is the only node
-        node = op._inbound_nodes[0]
-        inputs = list(node.input_tensors)
-        inbound = [t._keras_history.operation.name for t in inputs]
+        inputs, outputs = keras_internals.first_node(op)
+        inbound = [keras_internals.producer_name(t) for t in inputs]
         in_shape = tuple(int(d) for d in inputs[0].shape[1:]) if inputs else ()
-        out_shape = tuple(int(d) for d in node.output_tensors[0].shape[1:])
+        out_shape = tuple(int(d) for d in outputs[0].shape[1:])
         try:
             cfg = op.get_config()
         except (NotImplementedError, TypeError):
@@ -341,8 +318,6 @@ def records_of(model) -> list[dict]:
 
 
 def _from_data(backbone: backbones.Backbone, data: dict) -> Architecture:
-    from engine.models.blocks import assign_blocks
-
     raw = data["records"]
     blocks = assign_blocks(backbone.family, raw)
     layers = [
