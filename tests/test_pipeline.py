@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import keras
@@ -10,7 +11,7 @@ import pytest
 from engine.export.predict import Classifier
 from engine.runs.retrain import RunConfig, retrain
 from engine.runs.store import RunStore
-from engine.training.head import TrainConfig
+from engine.training.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +57,11 @@ def test_run_folder_is_portable_and_classifies_a_daisy(shared_home, sample_image
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["results"]["test_accuracy"] == run.results["test_accuracy"]
     assert metrics["results"]["cache"]["hits"] + metrics["results"]["cache"]["misses"] == 200
-    assert "tensorflow" in json.loads((folder / "environment.json").read_text())
+    assert json.loads((folder / "environment.json").read_text())["tensorflow_version"]
     assert json.loads((folder / "config.json").read_text())["architecture"] == "mobilenet_0.25_224"
+    recorded = RunStore().artifact_hash(run.id, "model.keras")  # the lab vouches for what it saved
+    assert recorded == hashlib.sha256((folder / "model.keras").read_bytes()).hexdigest()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")]
     model = keras.saving.load_model(folder / "model.keras", safe_mode=True, compile=False)
     assert model.output.shape[-1] == 5
     result = Classifier.from_run(run.id).classify([sample_images_dir / "classic-daisy.jpg"], top_k=3)[0]
