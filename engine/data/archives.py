@@ -45,6 +45,7 @@ MIN_FREE_BYTES = 256 * 1024**2  # leave the disk this much after unpacking, so t
 _CHUNK = 1024**2
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,79}")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
+_SURROGATE = re.compile(r"\\udc([89a-f][0-9a-f])")
 _CONTROL = {"Cc", "Zl", "Zp"}  # C0/C1 controls (NUL, tab, newline, DEL, ...) and Unicode line breaks
 
 
@@ -71,9 +72,11 @@ def name_problem(text: str) -> str | None:
     return None
 
 
-def printable(text: str) -> str:
-    """`text` safe to show anywhere: control characters escaped, undecodable bytes as \\xNN."""
-    return repr(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+def printable(text: str, limit: int = 120) -> str:
+    """`text` quoted and safe to show on one line: control characters escaped, undecodable bytes as
+    \\xNN, and cut to `limit` characters."""
+    shown = _SURROGATE.sub(r"\\x\1", repr(text))  # os.fsdecode's stand-ins for bad bytes: show the byte
+    return shown if len(shown) <= limit else shown[: limit - 4] + "…" + shown[-3:]
 
 
 def check_dataset_name(name: str) -> str:
@@ -397,9 +400,10 @@ def _open_zip(
         size = source.seek(0, os.SEEK_END)
         source.seek(0)
         return stack.enter_context(zipfile.ZipFile(source)), size
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        raw = printable(bytes(exc.object).decode("utf-8", "surrogateescape"))
         raise UnsafeArchive(
-            f"Refused archive {label}: an entry name is marked UTF-8 but is not valid UTF-8"
+            f"Refused archive {label}: entry {raw} is marked UTF-8 but its name is not valid UTF-8"
         ) from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, OverflowError) as exc:
         raise DatasetError(f"The upload {label} is not a valid zip archive ({exc})") from None
