@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import InvalidArgument, NotFound, StoreUnavailable
+from engine.errors import InvalidArgument, LabError, NotFound, StoreUnavailable
 from engine.runs import store as store_module
 from engine.runs.store import SCHEMA_VERSION, RunStore, collect_environment, new_id
 
@@ -236,16 +237,37 @@ def test_a_read_only_store_is_a_clear_error(tmp_path, monkeypatch):
         store.request_cancel("any")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through folder permissions")
-def test_an_unwritable_folder_is_a_clear_error(tmp_path):
+@pytest.fixture
+def unwritable_folder(tmp_path) -> Path:
+    """A folder holding a store that nobody, root included, can write to (chmod, or chattr +i as root)."""
     folder = tmp_path / "locked"
-    folder.mkdir()
-    folder.chmod(0o555)
+    store = RunStore(folder / "lab.sqlite")
+    store.create_run({"before": "locked"})
+    store.connection().close()  # the last connection removes the WAL files
+    locked = [folder / "lab.sqlite", folder]
+    if os.geteuid() != 0:
+        for path in locked:
+            path.chmod(0o555)
+        yield folder
+        for path in locked:
+            path.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", *map(str, locked)]).returncode != 0:
+        pytest.skip("root without chattr +i: no way to make a folder it cannot write")
     try:
-        with pytest.raises(StoreUnavailable, match="cannot be opened .*LAB_HOME"):
-            RunStore(folder / "lab.sqlite").list_runs()
+        yield folder
     finally:
-        folder.chmod(0o755)
+        subprocess.run(["chattr", "-i", *map(str, locked)], check=True)
+
+
+def test_an_unwritable_folder_is_a_clear_error(unwritable_folder, monkeypatch):
+    for name in ("lab.sqlite", "new.sqlite"):  # a store written before, and none yet
+        path = unwritable_folder / name
+        with pytest.raises(StoreUnavailable, match=f"{re.escape(str(path))} cannot be .*LAB_HOME"):
+            RunStore(path).create_run({})
+    monkeypatch.setenv("LAB_HOME", str(unwritable_folder))
+    with pytest.raises(LabError, match=re.escape(str(unwritable_folder))):
+        RunStore().list_runs()
 
 
 def test_sql_mistakes_are_not_disguised_as_store_faults(store):
