@@ -57,6 +57,63 @@ def test_network_probe_is_bounded_here():
     assert time.perf_counter() - start < 2.0
 
 
+def test_network_probe_is_bounded_when_dns_never_answers(monkeypatch):
+    """A black-hole DNS: getaddrinfo would wait ~10 s; the whole probe still answers within ~timeout."""
+    monkeypatch.setattr(backbones.socket, "getaddrinfo", lambda *a, **k: time.sleep(10) or [])
+    start = time.perf_counter()
+    assert backbones.network_available(timeout=1.0) is False
+    assert time.perf_counter() - start < 2.0
+
+
+def test_network_probe_connects_to_what_resolves(monkeypatch):
+    import socket
+
+    real = socket.getaddrinfo
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        # the probe asks for port 443; answer with the local server's address instead
+        local = lambda host, _port, **kwargs: real("127.0.0.1", port, **kwargs)  # noqa: E731
+        monkeypatch.setattr(backbones.socket, "getaddrinfo", local)
+        assert backbones.network_available("example.invalid", timeout=1.0) is True
+
+
+WEIGHTS_FILE = "mobilenet_2_5_224_tf_no_top.h5"
+
+
+def _damaged(kind: str, folder, seeded=None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / WEIGHTS_FILE
+    if kind == "empty":
+        target.write_bytes(b"")
+    elif kind == "not hdf5":
+        target.write_bytes(b"<html>Service Unavailable</html>")
+    else:  # the first half of the real file, as an interrupted copy leaves it
+        target.write_bytes(seeded[: len(seeded) // 2])
+
+
+@pytest.mark.parametrize("kind", ["empty", "not hdf5", "truncated"])
+def test_damaged_weights_file_says_which_file_to_delete(kind, seeded_keras_home):
+    models = seeded_keras_home / "models"
+    real = (models / WEIGHTS_FILE).read_bytes()
+    _damaged(kind, models, real)
+    with pytest.raises(WeightsMissing) as info:
+        backbones.build_backbone("mobilenet_0.25_224", weights="imagenet")
+    message = str(info.value)
+    assert f"delete {models / WEIGHTS_FILE}" in message and "\n" not in message
+    assert {"empty": "0 bytes", "not hdf5": "not an HDF5", "truncated": "truncated"}[kind] in message
+
+
+def test_weights_file_of_another_model_is_a_clear_error(seeded_keras_home):
+    """A whole HDF5 file that is not this model's weights: Keras' ValueError becomes WeightsMissing."""
+    h5py = pytest.importorskip("h5py")
+    target = seeded_keras_home / "models" / WEIGHTS_FILE
+    target.unlink()
+    with h5py.File(target, "w") as f:
+        f.create_dataset("nothing", data=np.zeros(3))
+    with pytest.raises(WeightsMissing, match=f"{target} cannot be loaded into mobilenet_0.25_224"):
+        backbones.build_backbone("mobilenet_0.25_224", weights="imagenet")
+
+
 @pytest.mark.parametrize(
     ("name", "low", "high"),
     [("mobilenet_0.25_224", -1.0, 1.0), ("inception_v3", -1.0, 1.0), ("efficientnet_b0", 0, 255)],

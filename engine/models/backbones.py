@@ -8,7 +8,10 @@ EfficientNet (Tan & Le 2019).
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -209,12 +212,70 @@ def weights_cached(name: str) -> bool:
 
 
 def network_available(host: str = "storage.googleapis.com", timeout: float = 1.5) -> bool:
-    """A quick TCP probe, so offline use fails in about a second instead of hanging."""
+    """A quick TCP probe, so offline use fails in about `timeout` seconds instead of hanging.
+
+    The whole probe is bounded, name resolution included: a socket timeout does not cover
+    `getaddrinfo`, which waits ~10 s when DNS never answers, so it runs in a daemon thread that is
+    abandoned at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    found: list = []
+
+    def resolve() -> None:
+        with contextlib.suppress(OSError):  # unresolvable: `found` stays empty
+            found.extend(socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM))
+
+    resolver = threading.Thread(target=resolve, name=f"resolve {host}", daemon=True)
+    resolver.start()
+    resolver.join(timeout)
+    for family, kind, proto, _name, address in list(found):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(left)
+                sock.connect(address)
+                return True
+        except OSError:
+            continue
+    return False
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_weights_file(path: Path) -> Path:
+    """Check that a cached weights file is a whole HDF5 file before Keras reads it.
+
+    Raises:
+        WeightsMissing: the file is not a regular file, empty, not HDF5 or truncated; the message
+            says which file to delete.
+    """
+    fix = f"delete {path} and try again to download it anew, or use weights='random'"
+    if not path.is_file():
+        raise WeightsMissing(f"Weights file {path} is not a regular file: {fix}")
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(len(_HDF5_SIGNATURE))
+    except OSError as exc:
+        raise WeightsMissing(f"Weights file {path} cannot be read ({exc.strerror or exc}): {fix}") from None
+    if size == 0:
+        raise WeightsMissing(f"Weights file {path} is empty (0 bytes, an interrupted download?): {fix}")
+    if head != _HDF5_SIGNATURE:
+        raise WeightsMissing(f"Weights file {path} is not an HDF5 weights file ({size:,} bytes): {fix}")
+    try:
+        import h5py
+    except ImportError:  # Keras reads .h5 weights through h5py; without it Keras says so itself
+        return path
+    try:
+        with h5py.File(path, "r"):  # HDF5 compares the recorded end of file with the real size
+            pass
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsMissing(f"Weights file {path} is damaged or truncated ({reason}): {fix}") from None
+    return path
 
 
 def ensure_weights(name: str, top: bool = False) -> Path:
@@ -229,8 +290,8 @@ def ensure_weights(name: str, top: bool = False) -> Path:
     """
     backbone = get_backbone(name)
     path = weights_path(name, top=top)
-    if path.is_file():
-        return path
+    if path.exists() or path.is_symlink():
+        return check_weights_file(path)
     url = backbone.weights_url.rsplit("/", 1)[0] + "/" + path.name
     hint = (
         f"ImageNet weights for {name} are not cached: expected {path.name} in "
@@ -249,7 +310,7 @@ def ensure_weights(name: str, top: bool = False) -> Path:
         )
     except Exception as exc:  # urllib raises many kinds; the user needs one message
         raise WeightsMissing(f"{hint}. Download failed: {exc}") from exc
-    return Path(local)
+    return check_weights_file(Path(local))
 
 
 def build_backbone(name: str, weights: str = "imagenet", seed: int | None = 0):
@@ -271,13 +332,23 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int | None = 0):
     if weights == "random" and seed is not None:
         keras.utils.set_random_seed(seed)
     cls = getattr(keras.applications, backbone.keras_class)
-    return cls(
-        include_top=False,
-        weights=str(path) if path else None,
-        input_shape=backbone.input_shape,
-        pooling="avg",
-        **backbone.builder_kwargs,
-    )
+    try:
+        return cls(
+            include_top=False,
+            weights=str(path) if path else None,
+            input_shape=backbone.input_shape,
+            pooling="avg",
+            **backbone.builder_kwargs,
+        )
+    except (OSError, ValueError) as exc:
+        if path is None:
+            raise
+        # h5py reports damage as OSError, a file of another model as ValueError (layer mismatch)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsMissing(
+            f"Weights file {path} cannot be loaded into {name} ({reason}): delete it and try again "
+            "to download it anew, or use weights='random'"
+        ) from None
 
 
 def preprocessing_layer(name: str):
