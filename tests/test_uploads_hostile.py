@@ -238,3 +238,17 @@ def test_stored_datasets_ignores_temporary_and_odd_entries(kept):
     (archives.uploads_dir() / "stray.txt").write_text("not a dataset")
     os.mkfifo(archives.uploads_dir() / "pipe")
     assert uploads.stored_datasets() == {"uploads/pets": folder}
+
+
+def test_linked_dataset_or_class_folder_is_never_written_through(tmp_path, kept):
+    folder, before = kept
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "birds").symlink_to(outside, target_is_directory=True)
+    result = save_class_images("pets", {"birds": [("b.jpg", jpeg(40))], "cats": [("c.jpg", jpeg(41))]})
+    assert result.saved == {"cats": 1} and "link" in result.refused[0][1]
+    (archives.uploads_dir() / "linked").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DatasetError, match="a link or a file"):
+        save_class_images("linked", {"cats": [("c.jpg", jpeg(42))]})
+    assert list(outside.iterdir()) == []
+    assert "uploads/linked" not in uploads.stored_datasets()

@@ -518,7 +518,10 @@ def extract_tar(archive: Path, dest_dir: Path, cancel: CancelFn | None = None) -
                 members.append(member)
                 total += max(member.size, 0)
                 if len(members) > MAX_ENTRIES or total > MAX_TOTAL_BYTES:
-                    raise UnsafeArchive(f"Refused archive {label}: too many entries or too large")
+                    raise UnsafeArchive(
+                        f"Refused archive {label}: more than {MAX_ENTRIES:,} entries or "
+                        f"{_gib(MAX_TOTAL_BYTES)} (the limits for one archive)"
+                    )
             if total > _ARCHIVE_RATIO_FLOOR and total > MAX_RATIO * max(size, 1):
                 raise UnsafeArchive(
                     f"Refused archive {label}: {size:,} bytes expand to {total:,} (more than {MAX_RATIO}:1)"

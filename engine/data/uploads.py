@@ -122,6 +122,8 @@ def save_class_images(
         raise InvalidArgument(f"quota must be a number of bytes >= 0, got quota={quota!r}")
     classes = {check_class_name(label): items for label, items in files.items()}
     folder = uploads_dir() / name
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):  # the lab never makes these
+        raise DatasetError(f"{folder} is not a folder the lab made (a link or a file); nothing was saved")
     result = UploadResult(folder=folder)
     used = folder_bytes(uploads_dir())
     for label, items in classes.items():
@@ -141,6 +143,8 @@ def save_class_images(
                 continue
             try:
                 target_dir = folder / label
+                if target_dir.is_symlink():
+                    raise NotADirectoryError(0, "the class folder is a link")
                 target_dir.mkdir(parents=True, exist_ok=True)
                 _write_new(target_dir, safe_file_name(file_name), data)
             except OSError as exc:  # a full disk, a file where the class folder should be, ...
@@ -168,7 +172,12 @@ def stored_datasets() -> dict[str, Path]:
         if _has_class_folders(folder):
             found[folder.name] = folder
     for folder in sorted(uploads_dir().iterdir()):
-        if folder.is_dir() and not folder.name.startswith(".") and _has_class_folders(folder):
+        if (
+            folder.is_dir()
+            and not folder.is_symlink()
+            and not folder.name.startswith(".")
+            and _has_class_folders(folder)
+        ):
             found[f"uploads/{folder.name}"] = folder
     return found
 
