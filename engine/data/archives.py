@@ -1,8 +1,11 @@
 """Safe unpacking of dataset archives: uploaded zips of class folders and downloaded tarballs.
 
-Everything is checked before a byte is written (entry names, links, counts, sizes, compression
-ratios, encryption), extracted into a hidden temporary folder beside the target, and only then
-renamed into place, so a refused or failed archive never harms a dataset already stored.
+Everything is checked before a byte is written (entry names, links and special files, counts,
+sizes, per-entry and overall compression ratios, encryption, the uploads quota) and the bytes are
+counted again while streaming, so a lying header cannot pass. An archive is extracted into a hidden
+temporary folder beside the target and only then renamed into place under a lock: a refused or
+failed archive never harms a dataset already stored, and an existing name is replaced only when the
+caller chose replace=True.
 """
 
 from __future__ import annotations

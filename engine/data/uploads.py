@@ -2,7 +2,8 @@
 
 Uploaded files are validated by decoding them (engine.data.images) before anything is written; good
 files land in datasets_dir()/uploads/<name>/<class>/ under safe names, never replacing a file that
-is already there, so adding images to a dataset is safe to repeat.
+is already there (also when several sessions upload under one name at once), so adding images to a
+dataset is safe to repeat. A file that cannot be saved is reported with its reason; the rest lands.
 """
 
 from __future__ import annotations
