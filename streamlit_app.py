@@ -6,6 +6,7 @@ import streamlit as st
 
 from dashboard import compat
 from dashboard.components import sidebar
+from engine import config
 
 ROOT = Path(__file__).resolve().parent
 
@@ -30,6 +31,8 @@ def available_pages(root: Path = ROOT) -> list[tuple[str, str, str]]:
 
 def main() -> None:
     compat.apply()  # Streamlit workarounds, before anything runs (see dashboard/compat.py)
+    # tracebacks are for the one local user; a served class sees generic messages (.streamlit/config.toml)
+    st.set_option("client.showErrorDetails", "full" if config.serve_mode() == "local" else "none")
     st.set_page_config(
         page_title="Classifier Lab",
         page_icon=":material/neurology:",

@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboard import cache, charts
 from dashboard.components import guard, page_link, plot
+from engine import config
 from engine.data import datasets, uploads
 
 SOURCES = {
@@ -18,6 +19,7 @@ SOURCES = {
     "beans": ":material/eco: Beans",
 }
 THUMBS_PER_CLASS = 8
+DUPLICATE_ROWS = 200  # files listed in the duplicates table; the warning counts them all
 
 
 def use_dataset(path: Path | str, note: str = "") -> None:
@@ -37,6 +39,10 @@ def download_progress(bar):
 
 st.title(":material/photo_library: Data")
 st.caption("A dataset is a folder with one subfolder of images per class; every source below ends up as one.")
+
+served = True  # fail closed: a misspelt LAB_SERVE_MODE shows its error and offers no server folders
+with guard("Reading LAB_SERVE_MODE"):
+    served = config.serve_mode() == "class"
 
 source = st.segmented_control(
     "Source", list(SOURCES), format_func=SOURCES.get, default="demo", required=True, key="data_source"
@@ -98,10 +104,13 @@ with st.container(border=True):
                     use_dataset(stored[choice])
             else:
                 st.info("No datasets stored yet: generate the demo set or upload one.")
-        other = st.text_input("…or any folder of class subfolders on the server", key="folder_path")
-        if st.button("Use this folder", disabled=not other.strip()):
-            with guard("Opening the folder"):
-                use_dataset(datasets.resolve_source(other.strip()))
+        if served:
+            st.caption("Folders elsewhere on the server are off while the lab is served to a class.")
+        else:
+            other = st.text_input("…or any folder of class subfolders on this computer", key="folder_path")
+            if st.button("Use this folder", disabled=not other.strip()):
+                with guard("Opening the folder"):
+                    use_dataset(datasets.resolve_source(other.strip()))
 
     else:  # flowers / beans: downloaded once, then cached in the data directory
         what = {
@@ -159,6 +168,23 @@ with guard("Scanning the dataset"):
         paths = by_class.get(label, [])[:THUMBS_PER_CLASS]
         st.markdown(f"**{label}** · {len(by_class.get(label, []))} images")
         st.image([cache.thumbnail(p, 112) for p in paths], caption=[Path(p).name for p in paths], width=112)
+
+    if data.duplicates:
+        with st.expander(f"Duplicate images ({len(data.duplicates)} groups)", icon=":material/content_copy:"):
+            rows = [
+                {
+                    "group": i + 1,
+                    "file": Path(r.path).name,
+                    "class": r.label,
+                    "split": r.split,
+                    "path": r.path,
+                }
+                for i, group in enumerate(data.duplicates)
+                for r in group.records
+            ]
+            st.dataframe(pd.DataFrame(rows[:DUPLICATE_ROWS]), hide_index=True, key="duplicates_table")
+            if len(rows) > DUPLICATE_ROWS:
+                st.caption(f"First {DUPLICATE_ROWS} of {len(rows)} files.")
 
     with st.expander(f"Skipped files ({len(data.skipped)})", icon=":material/block:"):
         if data.skipped:

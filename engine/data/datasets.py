@@ -298,9 +298,9 @@ def duplicate_warnings(groups: list[DuplicateGroup]) -> list[str]:
     rest = [g for g in groups if not g.crosses_splits and not g.crosses_classes]
     if rest:
         notes.append(
-            f"{len(rest)} image{'s are' if len(rest) != 1 else ' is'} stored more than once within one "
-            f"class and split (e.g. {_example(rest[0])}): harmless for the accuracy, but they weigh more "
-            "in training"
+            f"{len(rest)} image{'s are' if len(rest) != 1 else ' is'} stored more than once in one class, "
+            f"never both in training and in validation/test (e.g. {_example(rest[0])}): they only count "
+            "more than once"
         )
     return notes
 
