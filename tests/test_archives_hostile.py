@@ -530,3 +530,28 @@ def test_unix_socket_path_is_refused(tmp_path):
         assert_one_line(info.value, "socket")
     finally:
         sock.close()
+
+
+def _extract_in_child(data: bytes, queue) -> None:
+    try:
+        extract_zip(data, "procs")
+        queue.put("ok")
+    except LabError as exc:
+        queue.put(type(exc).__name__)
+
+
+def test_concurrent_extracts_in_separate_processes_exactly_one_wins():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # children inherit this test's LAB_HOME
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_extract_in_child, args=(make_zip(classes(2, f"_p{i}")), queue)) for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(10)
+    assert results == ["DatasetExists"] * 3 + ["ok"], results
+    assert leftovers() == []
