@@ -81,7 +81,41 @@ def _broken(change) -> bytes:
         (_broken(lambda r: r["timings"][2].update(device="tpu")), "'timings[2].device'"),
         (_broken(lambda r: r["timings"][0].update(seconds=-1)), "'timings[0].seconds'"),
         (_broken(lambda r: r["timings"][0].update(items=0)), "'timings[0].items'"),
-        (b'{"schema": "classifier-lab/timings", "version": 1, "label": "x", "timings": NaN}', "'machine'"),
+        (b'{"schema": "classifier-lab/timings", "version": 1, "label": "x", "timings": NaN}', "NaN"),
+        (b'{"schema": "classifier-lab/timings", "seconds": -Infinity}', "-Infinity"),
+        (b"[" * 200_000 + b"]" * 200_000, "nests too deeply"),
+        (b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nests too deeply"),
+        (_broken(lambda r: r.update(settings={"x": [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]})), "nests"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"42", "top level"),
+        (b'"a string"', "top level"),
+        (b"null", "top level"),
+        (_broken(lambda r: r.update(label=["x"])), "'label'"),
+        (_broken(lambda r: r.update(label="x" * 501)), "'label'"),
+        (_broken(lambda r: r.update(created="yesterday")), "'created'"),
+        (_broken(lambda r: r.update(created=1e300)), "'created'"),
+        (_broken(lambda r: r.update(settings=[1])), "'settings'"),
+        (_broken(lambda r: r.update(origin=7)), "'origin'"),
+        (_broken(lambda r: r["machine"].update(cpu_model=None)), "'machine.cpu_model'"),
+        (_broken(lambda r: r["machine"].update(cpu_cores="eight")), "'machine.cpu_cores'"),
+        (_broken(lambda r: r["machine"].update(cpu_cores=True)), "'machine.cpu_cores'"),
+        (_broken(lambda r: r["machine"].update(memory_gb={"gb": 8})), "'machine.memory_gb'"),
+        (_broken(lambda r: r["machine"].update(cuda_version=12)), "'machine.cuda_version'"),
+        (_broken(lambda r: r["machine"].update(gpus=[1, 2])), "'machine.gpus'"),
+        (_broken(lambda r: r.update(timings={"0": {}})), "'timings'"),
+        (_broken(lambda r: r["timings"].append("row")), "'timings[18]' must be an object"),
+        (_broken(lambda r: r["timings"][0].update(backbone=None)), "'timings[0].backbone'"),
+        (_broken(lambda r: r["timings"][0].update(seconds="0.1")), "'timings[0].seconds'"),
+        (_broken(lambda r: r["timings"][0].update(items=1.5)), "'timings[0].items'"),
+        (_broken(lambda r: r["timings"][0].update(items=10**400)), "'timings[0].items'"),
+        (_broken(lambda r: r["timings"][3].update(per_item_ms=10**400)), "'timings[3].per_item_ms'"),
+        (_broken(lambda r: r["timings"][3].update(per_item_ms=[1])), "'timings[3].per_item_ms'"),
+        (_broken(lambda r: r["timings"][3].update(items_per_second="fast")), "'timings[3].items_per_second'"),
+        (
+            _broken(lambda r: r["timings"][0].update(seconds=1e300)).replace(b"1e+300", b"1e999"),
+            "1e999 is too big",
+        ),
+        (b'{"n": ' + b"9" * 5000 + b"}", "not valid JSON"),
     ],
 )
 def test_bad_timings_files_are_refused_with_the_field(data, where):
@@ -91,9 +125,40 @@ def test_bad_timings_files_are_refused_with_the_field(data, where):
     assert bench.list_timings() == []  # nothing half-imported
 
 
-def test_oversized_file_is_refused():
+def test_oversized_file_is_refused(tmp_path):
     with pytest.raises(TimingsError, match="limit"):
         bench.import_timings(b"{" + b" " * (bench.MAX_IMPORT_BYTES + 1) + b"}")
+    big = tmp_path / "big.json"
+    with open(big, "wb") as fh:  # 11 MB, sparse: refused by its size, never read
+        fh.truncate(11_000_000)
+    with pytest.raises(TimingsError, match=f"{big} is 11,000,000 bytes; the limit"):
+        bench.import_timings(big)
+
+
+def test_unreadable_paths_are_refused_without_blocking(tmp_path):
+    import os
+
+    with pytest.raises(TimingsError, match="not a regular file"):
+        bench.import_timings(str(tmp_path / "missing.json"))
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    with pytest.raises(TimingsError, match=f"{fifo} is not a regular file"):
+        bench.import_timings(fifo)
+    with pytest.raises(TimingsError, match="not a regular file"):
+        bench.import_timings(tmp_path)
+
+
+def test_a_damaged_saved_file_is_skipped_and_load_says_why():
+    bench.import_timings(json.dumps(_report(label="good")).encode())
+    (bench.timings_dir() / "zz-deep.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    assert [r["label"] for r in bench.list_timings()] == ["good"]
+    with pytest.raises(TimingsError, match="nests too deeply"):
+        bench.load_timings("zz-deep")
+
+
+def test_label_given_on_import_is_bounded():
+    with pytest.raises(TimingsError, match="at most 500"):
+        bench.import_timings(json.dumps(_report()).encode(), label="x" * 501)
 
 
 def test_speedups_and_explanations():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -245,7 +246,9 @@ def save_timings(report: dict[str, Any]) -> Path:
         n += 1
         path = path.with_name(f"{stamp}-{_slug(report['label'])}-{n}.json")
     report = {**report, "id": path.stem}
-    path.write_text(json.dumps(report, indent=2))
+    tmp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed: never a half file
+    tmp.write_text(json.dumps(report, indent=2, allow_nan=False))
+    os.replace(tmp, path)
     return path
 
 
@@ -254,8 +257,8 @@ def list_timings() -> list[dict[str, Any]]:
     reports = []
     for path in sorted(timings_dir().glob("*.json"), reverse=True):
         try:
-            reports.append(validate_timings(json.loads(path.read_text())) | {"id": path.stem})
-        except (OSError, ValueError):
+            reports.append(_read_report(path) | {"id": path.stem})
+        except TimingsError:  # edited or damaged by hand: skipped, the others still show
             continue
     return reports
 
@@ -264,24 +267,47 @@ def load_timings(report_id: str) -> dict[str, Any]:
     path = timings_dir() / f"{report_id}.json"
     if not path.is_file():
         raise NotFound(f"No saved timings {report_id!r} in {timings_dir()}")
-    return validate_timings(json.loads(path.read_text()))
+    return _read_report(path)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """A regular file's bytes, refusing special files (a FIFO would block) and oversized ones unread."""
+    try:
+        if not path.is_file():
+            raise TimingsError(f"Timings file {path} is not a regular file")
+        size = path.stat().st_size
+        if size > MAX_IMPORT_BYTES:
+            raise TimingsError(f"Timings file {path} is {size:,} bytes; the limit is {MAX_IMPORT_BYTES:,}")
+        with open(path, "rb") as fh:
+            return fh.read(MAX_IMPORT_BYTES + 1)  # a file growing meanwhile is still bounded
+    except OSError as exc:
+        raise TimingsError(f"Cannot read timings file {path}: {exc.strerror or exc}") from None
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    from engine.timing.report import parse_report
+
+    return validate_timings(parse_report(_read_bounded(path), TimingsError, MAX_IMPORT_BYTES))
 
 
 def import_timings(data: bytes | str | Path, label: str | None = None) -> dict[str, Any]:
     """Validate a timings JSON file from another machine and save it, labelled, beside ours.
 
+    Args:
+        data: the file's bytes (an upload), its JSON text, or a path (a str that does not start
+            like JSON is taken as a path).
+
     Raises:
-        TimingsError: not JSON, too big, or not matching the schema (the message says where).
+        TimingsError: unreadable, too big, not JSON, too deep, or not matching the schema (the
+            message says where).
     """
-    if isinstance(data, Path) or (isinstance(data, str) and not data.lstrip().startswith("{")):
-        data = Path(data).read_bytes()
-    if len(data) > MAX_IMPORT_BYTES:
-        raise TimingsError(f"Timings file is {len(data):,} bytes; the limit is {MAX_IMPORT_BYTES:,}")
-    try:
-        report = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TimingsError(f"Timings file is not valid JSON: {exc}") from None
-    report = validate_timings(report)
+    from engine.timing.report import parse_report
+
+    if isinstance(data, Path) or (isinstance(data, str) and not data.lstrip().startswith(("{", "["))):
+        data = _read_bounded(Path(data))
+    report = validate_timings(parse_report(data, TimingsError, MAX_IMPORT_BYTES))
+    if label is not None and (not isinstance(label, str) or len(label) > 500):
+        raise TimingsError(f"A timings label is a name of at most 500 characters, got {label!r:.80}")
     report = {**report, "origin": "imported", "label": (label or report["label"]).strip() or report["label"]}
     report["id"] = save_timings(report).stem
     return report

@@ -1,16 +1,21 @@
 """Timing reports: the schema check for imported files and the plain-language explanations.
 
-Kept apart from engine/bench.py so that validating or explaining a report never imports
+Kept apart from engine/timing/lab.py so that validating or explaining a report never imports
 TensorFlow (the dashboard does both on every render).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 # below this, a GPU "speed-up" is within the noise of a shared machine: not worth the GPU
 HELPS = 1.5
+
+MAX_DEPTH = 16  # a report nests 4 levels; deeper is not a report (and json's recursion has limits)
+MAX_NUMBER = 1e12  # no timing, count or core number comes near; bigger ones overflow the arithmetic
+MAX_TEXT = 500  # characters of a label, CPU name or version
 
 
 def _fail(error_cls, where: str, why: str, value: Any = None) -> None:
@@ -19,13 +24,101 @@ def _fail(error_cls, where: str, why: str, value: Any = None) -> None:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number of sane size (checked before any float conversion, so huge ints pass safely)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and -MAX_NUMBER <= value <= MAX_NUMBER
+        and (isinstance(value, int) or math.isfinite(value))
+    )
+
+
+def _not_a_number(token: str) -> float:
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"{token[:40]} is too big for a number")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, walked without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                return depth
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_report(data: bytes | str, error_cls, max_bytes: int) -> Any:
+    """Parse a timings file's text with every limit applied; raises `error_cls` saying what is wrong.
+
+    Refused: more than `max_bytes`, not UTF-8, not JSON, NaN or Infinity, numbers too big to be
+    numbers here, nesting deeper than MAX_DEPTH (json itself would raise RecursionError).
+    """
+    if len(data) > max_bytes:
+        raise error_cls(f"Timings file is {len(data):,} bytes; the limit is {max_bytes:,}")
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return_value = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+    except RecursionError:
+        raise error_cls(f"Timings file nests too deeply to be a timings report (limit {MAX_DEPTH})") from None
+    except UnicodeDecodeError as exc:
+        raise error_cls(f"Timings file is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, an integer of thousands of digits
+        raise error_cls(f"Timings file is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
+    if _depth(return_value) > MAX_DEPTH:
+        raise error_cls(f"Timings file nests too deeply to be a timings report (limit {MAX_DEPTH})")
+    return return_value
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_TEXT
+
+
+def _check_machine(machine: dict, error_cls) -> None:
+    for key in ("cpu_model", "tensorflow_version"):
+        if not _text(machine.get(key)):
+            _fail(
+                error_cls,
+                f"'machine.{key}'",
+                f"must be a string of at most {MAX_TEXT} characters",
+                machine.get(key),
+            )
+    gpus = machine.get("gpus")
+    if not isinstance(gpus, list) or not all(_text(g) for g in gpus) or len(gpus) > 64:
+        _fail(error_cls, "'machine.gpus'", "must be a list of GPU names (empty for none)", gpus)
+    for key in ("hostname", "python", "platform", "keras_version", "cuda_version", "cudnn_version"):
+        if machine.get(key) is not None and not _text(machine[key]):
+            _fail(error_cls, f"'machine.{key}'", "must be a string or null", machine[key])
+    for key in ("cpu_cores", "usable_cores", "physical_cores"):
+        value = machine.get(key)
+        if value is not None and not (isinstance(value, int) and _number(value) and value >= 1):
+            _fail(error_cls, f"'machine.{key}'", "must be an integer >= 1 or null", value)
+    for key in ("memory_gb", "memory_bytes"):
+        value = machine.get(key)
+        if value is not None and not (_number(value) and value >= 0):
+            _fail(error_cls, f"'machine.{key}'", "must be a number >= 0 or null", value)
 
 
 def check_schema(report: Any, phases, devices, schema: str, version: int, error_cls) -> None:
-    """Raise `error_cls` with the first problem found in `report`, naming the field."""
+    """Raise `error_cls` with the first problem found in `report`, naming the field.
+
+    Every field the lab reads is checked for its type and range, so a report that passes can be
+    saved, listed, charted and explained without a surprise.
+    """
     if not isinstance(report, dict):
         _fail(error_cls, "the top level", "must be a JSON object", type(report).__name__)
+    if _depth(report) > MAX_DEPTH:
+        _fail(error_cls, "the report", f"nests deeper than {MAX_DEPTH} levels")
     if report.get("schema") != schema:
         _fail(error_cls, "'schema'", f"must be {schema!r}", report.get("schema"))
     if report.get("version") != version:
@@ -35,18 +128,25 @@ def check_schema(report: Any, phases, devices, schema: str, version: int, error_
             f"must be {version} (this lab reads version {version})",
             report.get("version"),
         )
-    if not isinstance(report.get("label"), str) or not report["label"].strip():
-        _fail(error_cls, "'label'", "must be a non-empty string", report.get("label"))
+    if not _text(report.get("label")) or not report["label"].strip():
+        _fail(
+            error_cls,
+            "'label'",
+            f"must be a non-empty string of at most {MAX_TEXT} characters",
+            report.get("label"),
+        )
+    created = report.get("created")
+    if created is not None and not (_number(created) and 0 <= created <= 1e11):
+        _fail(error_cls, "'created'", "must be a time in seconds since 1970", created)
+    for key in ("origin", "id"):
+        if report.get(key) is not None and not _text(report[key]):
+            _fail(error_cls, f"'{key}'", "must be a string", report[key])
+    if report.get("settings") is not None and not isinstance(report["settings"], dict):
+        _fail(error_cls, "'settings'", "must be an object", report["settings"])
     machine = report.get("machine")
     if not isinstance(machine, dict):
         _fail(error_cls, "'machine'", "must be an object describing the hardware and software", machine)
-    for key in ("cpu_model", "tensorflow_version"):
-        if not isinstance(machine.get(key), str):
-            _fail(error_cls, f"'machine.{key}'", "must be a string", machine.get(key))
-    if not isinstance(machine.get("gpus"), list) or not all(isinstance(g, str) for g in machine["gpus"]):
-        _fail(
-            error_cls, "'machine.gpus'", "must be a list of GPU names (empty for none)", machine.get("gpus")
-        )
+    _check_machine(machine, error_cls)
     rows = report.get("timings")
     if not isinstance(rows, list) or not rows:
         _fail(error_cls, "'timings'", "must be a non-empty list of timing rows", rows)
@@ -63,10 +163,13 @@ def check_schema(report: Any, phases, devices, schema: str, version: int, error_
         if not _number(row.get("seconds")) or row["seconds"] < 0:
             _fail(error_cls, where + ".seconds'", "must be a finite number >= 0", row.get("seconds"))
         items = row.get("items")
-        if not isinstance(items, int) or isinstance(items, bool) or items < 1:
+        if not isinstance(items, int) or not _number(items) or items < 1:
             _fail(error_cls, where + ".items'", "must be an integer >= 1", items)
         if not _number(row.get("per_item_ms")) or row["per_item_ms"] < 0:
             _fail(error_cls, where + ".per_item_ms'", "must be a finite number >= 0", row.get("per_item_ms"))
+        for key in ("items_per_second", "image_size"):
+            if row.get(key) is not None and not (_number(row[key]) and row[key] >= 0):
+                _fail(error_cls, f"{where}.{key}'", "must be a number >= 0 or null", row[key])
 
 
 def _family(backbone: str) -> str:
