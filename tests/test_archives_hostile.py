@@ -506,10 +506,11 @@ def test_flowers_offline_uses_the_shared_probe(monkeypatch):
     assert_one_line(info.value, "flower_photos", "unreachable", "flower_photos.tgz")
 
 
-def test_downloads_call_the_one_bounded_probe_of_backbones():
+def test_downloads_call_the_shared_bounded_probe():
     from engine.models import backbones
 
-    assert sources.network_available is backbones.network_available  # called, not copied
+    # the one probe weights downloads use too (bounded DNS included): called, not copied
+    assert sources.network_available is backbones.network_available
 
 
 def test_beans_without_tensorflow_datasets_is_a_clear_error(monkeypatch):
