@@ -6,11 +6,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, charts
+from dashboard import cache, charts, diagrams
 from dashboard.components import guard, page_link, plot, source_options
-from engine.models import backbones, macs
-from engine.models import blocks as arch_blocks
-from engine.models import explain as arch_explain
+from engine.models import backbones, blocks, explain, macs
 
 DEFAULT = ["mobilenet_1.0_224", "inception_v3"]
 M = st.column_config.NumberColumn(format="%.2f")
@@ -39,16 +37,16 @@ def block_frame(arch, field: str) -> pd.DataFrame:
 
 
 def comparison(names: list[str]) -> None:
-    rows = pd.DataFrame(arch_explain.compare(names, num_classes=5))
+    rows = pd.DataFrame(explain.compare(names, num_classes=5))
     with guard("Reading the lab's runs"):
-        measured = arch_explain.lab_results(cache.store().list_runs(), names)
+        measured = explain.lab_results(cache.store().list_runs(), names)
         rows["lab runs"] = [measured[n]["lab runs"] for n in names]
         rows["best test accuracy"] = [measured[n]["best test accuracy"] for n in names]
     money = ["params (M)", "MACs (M)", "MACs with ImageNet top (M)", "weights (MB, float32)"]
     config = {c: M for c in money}
     config["best test accuracy"] = st.column_config.NumberColumn(format="percent")
     st.dataframe(rows, hide_index=True, column_config=config, key="arch_compare")
-    published = arch_explain.published_check(names)
+    published = explain.published_check(names)
     if published:
         with st.expander("Counted against the papers (ImageNet classifier included, as the papers count)"):
             numbers = {c: M for c, v in published[0].items() if isinstance(v, float)}
@@ -84,13 +82,13 @@ def cost_per_block(names: list[str], archs: dict) -> None:
 
 
 def separable(name: str, arch) -> None:
-    names = arch_blocks.separable_blocks(arch)
-    default = arch_blocks.separable_block(arch).block
+    names = blocks.separable_blocks(arch)
+    default = blocks.separable_block(arch).block
     block = st.selectbox(f"{name}: block", names, index=names.index(default), key=f"arch_sep_{name}")
-    b = arch_blocks.separable_block(arch, block)
+    b = blocks.separable_block(arch, block)
     left, right = st.columns([3, 2])
     with left:
-        plot(charts.separable_block_diagram(asdict(b)), key=f"arch_sep_fig_{name}")
+        plot(diagrams.separable_block_diagram(asdict(b)), key=f"arch_sep_fig_{name}")
     with right:
         frame = pd.DataFrame(
             [{"what": "standard conv, same shape", "macs": b.standard_macs}]
@@ -138,10 +136,10 @@ def separable(name: str, arch) -> None:
 
 
 def inception(name: str, arch) -> None:
-    modules = arch_blocks.inception_modules(arch)
+    modules = blocks.inception_modules(arch)
     module = st.selectbox(f"{name}: module", modules, key=f"arch_module_{name}")
-    m = arch_blocks.inception_module(arch, module)
-    plot(charts.inception_module_diagram(asdict(m)), key=f"arch_module_fig_{name}")
+    m = blocks.inception_module(arch, module)
+    plot(diagrams.inception_module_diagram(asdict(m)), key=f"arch_module_fig_{name}")
     rows = [
         {
             "branch": br.label,
@@ -175,9 +173,9 @@ def signature_blocks(names: list[str], archs: dict) -> None:
     for name in names:
         arch = archs[name]
         st.markdown(f"#### {name}")
-        if arch_blocks.inception_modules(arch):
+        if blocks.inception_modules(arch):
             inception(name, arch)
-        elif arch_blocks.separable_blocks(arch):
+        elif blocks.separable_blocks(arch):
             separable(name, arch)
         else:
             st.caption("No signature block recognised for this family.")
@@ -186,7 +184,7 @@ def signature_blocks(names: list[str], archs: dict) -> None:
 def bottleneck(names: list[str]) -> None:
     rows = []
     for name in names:
-        b = arch_explain.bottleneck(name)
+        b = explain.bottleneck(name)
         rows.append(
             {
                 "backbone": name,
@@ -251,7 +249,7 @@ def freezing(names: list[str], archs: dict) -> None:
     unfrozen = st.slider(
         "Unfrozen top blocks (0 = train the head only)", 0, len(arch.blocks), 0, key=f"arch_unfrozen_{name}"
     )
-    plan = arch_explain.freeze_plan(name, unfrozen, int(classes), int(batch))
+    plan = explain.freeze_plan(name, unfrozen, int(classes), int(batch))
     c = st.columns(4)
     c[0].metric("Trainable parameters", f"{plan.trainable_params:,}")
     c[1].metric("Frozen parameters", f"{plan.frozen_params:,}")
@@ -268,7 +266,7 @@ def freezing(names: list[str], archs: dict) -> None:
             "(batch norm stays frozen). Every step runs the whole backbone forward and the unfrozen part "
             "backward (≈ 2× its forward cost), and the bottleneck cache cannot be used."
         )
-    curve = pd.DataFrame(arch_explain.freeze_curve(name, int(classes), int(batch)))
+    curve = pd.DataFrame(explain.freeze_curve(name, int(classes), int(batch)))
     plot(charts.freeze_curve(curve, unfrozen), key="arch_freeze_curve")
     st.button(
         f"Use on Train: {name}, fine_tune_layers = {plan.fine_tune_layers}",
@@ -288,11 +286,11 @@ def freezing(names: list[str], archs: dict) -> None:
 def label_image(names: list[str]) -> None:
     everything = st.toggle("All backbones", value=False, key="arch_label_all")
     shown = backbones.list_backbones() if everything else names
-    table = pd.DataFrame([arch_explain.label_image_args(n) for n in shown])
+    table = pd.DataFrame([explain.label_image_args(n) for n in shown])
     if len(shown) <= 4:  # a few backbones read best side by side, one column each
         table = table.set_index("backbone").T.rename_axis("argument").reset_index()
     st.dataframe(table, hide_index=True, key="arch_label")
-    st.markdown("\n".join(f"- {line}" for line in arch_explain.HOW_TO_FIND_INPUTS))
+    st.markdown("\n".join(f"- {line}" for line in explain.HOW_TO_FIND_INPUTS))
     st.code(
         "python label_image.py --graph=output_graph.pb --labels=output_labels.txt --image=daisy.jpg \\\n"
         "  --input_layer=Mul --input_height=299 --input_width=299 --input_mean=128 --input_std=128 \\\n"
@@ -309,7 +307,7 @@ def layer_table(names: list[str]) -> None:
     query = (
         c2.text_input("Search layers (name, type, kind or block)", key="arch_layers_search").strip().lower()
     )
-    rows = pd.DataFrame(arch_explain.layer_table(name))
+    rows = pd.DataFrame(explain.layer_table(name))
     if query:
         hay = rows[["layer", "type", "kind", "block"]].astype(str).agg(" ".join, axis=1).str.lower()
         rows = rows[hay.str.contains(query, regex=False)]

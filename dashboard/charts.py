@@ -1,12 +1,13 @@
-"""Every plotly figure of the dashboard, built from plain DataFrames with one template.
+"""Every plotly chart of the dashboard, built from plain DataFrames with one template.
 
 Pages hand in tidy DataFrames and get a `go.Figure` back; nothing here calls Streamlit or the
-engine, so each chart can be built and checked in a test. Axis titles carry units.
+engine, so each chart can be built and checked in a test. Axis titles carry units. Bars of several
+series share one helper, `grouped_bars`; hand-drawn diagrams live in dashboard/diagrams.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,64 @@ def _figure(title: str, x_title: str, y_title: str, height: int = 380) -> go.Fig
         yaxis_title=y_title,
     )
     return fig
+
+
+def grouped_bars(
+    fig: go.Figure,
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    by: str,
+    *,
+    barmode: str = "group",
+    order: Sequence | None = None,
+    colors: dict | Sequence[str] = PALETTE,
+    horizontal: bool = False,
+    text: Callable[[float], str] | None = None,
+    hover: str | None = None,
+    drop_zero: bool = False,
+) -> go.Figure:
+    """Add one bar series per value of `by` to `fig`, grouped or stacked, and return it.
+
+    Args:
+        frame: tidy rows with columns `x` (category), `y` (value) and `by` (series name).
+        x, y: the category and value columns; with `horizontal`, bars run along x and `y` still
+            names the value column (categories go on the vertical axis).
+        by: the column whose values become the series (legend entries).
+        barmode: "group" (side by side) or "stack".
+        order: series in this order (all drawn, even without rows); default: order of appearance.
+        colors: by series name (a dict) or a palette cycled in series order.
+        text: formats each value as a label drawn outside its bar.
+        hover: a hovertemplate; "{series}" in it is replaced by the series name.
+        drop_zero: leave out series whose values are all zero or missing.
+    """
+    names = list(order) if order is not None else list(dict.fromkeys(frame[by]))
+    for i, name in enumerate(names):
+        rows = frame[frame[by] == name]
+        if drop_zero and (rows.empty or not rows[y].any()):
+            continue
+        color = colors.get(name) if isinstance(colors, dict) else colors[i % len(colors)]
+        values, categories = rows[y], rows[x]
+        bar: dict = {"name": str(name), "marker_color": color}
+        bar.update(
+            {"x": values, "y": categories, "orientation": "h"}
+            if horizontal
+            else {"x": categories, "y": values}
+        )
+        if text is not None:
+            bar.update(text=[text(v) for v in values], textposition="outside")
+        if hover is not None:
+            bar["hovertemplate"] = hover.replace("{series}", str(name))
+        fig.add_trace(go.Bar(**bar))
+    fig.update_layout(barmode=barmode)
+    return fig
+
+
+def _series(frame: pd.DataFrame, x: str, columns: dict[str, str]) -> pd.DataFrame:
+    """Wide to tidy: one row per (`x`, column) with the column's display name in `series`."""
+    present = [c for c in columns if c in frame]
+    tidy = frame.melt(id_vars=[x], value_vars=present, var_name="series", value_name="value")
+    return tidy.assign(series=tidy["series"].map(columns))
 
 
 def smooth(values: Sequence[float], weight: float) -> np.ndarray:
@@ -154,9 +213,7 @@ def per_class_accuracy(frame: pd.DataFrame) -> go.Figure:
     if frame.empty:
         return _empty(fig, "No test images")
     if "run" in frame:
-        for i, (run, rows) in enumerate(frame.groupby("run", sort=False)):
-            fig.add_trace(go.Bar(x=rows["class"], y=rows["accuracy"], name=str(run), marker_color=PALETTE[i]))
-        fig.update_layout(barmode="group")
+        grouped_bars(fig, frame, "class", "accuracy", by="run")
     else:
         fig.add_trace(
             go.Bar(
@@ -206,18 +263,9 @@ def phase_timings(frame: pd.DataFrame) -> go.Figure:
     )
     if frame.empty:
         return _empty(fig, "No phase timings recorded")
-    for i, (phase, rows) in enumerate(frame.groupby("phase", sort=False)):
-        fig.add_trace(
-            go.Bar(
-                y=rows["run"],
-                x=rows["seconds"],
-                name=str(phase),
-                orientation="h",
-                marker_color=PALETTE[i % len(PALETTE)],
-                hovertemplate="%{y}<br>" + str(phase) + ": %{x:.2f} s<extra></extra>",
-            )
-        )
-    fig.update_layout(barmode="stack", legend_traceorder="normal")
+    hover = "%{y}<br>{series}: %{x:.2f} s<extra></extra>"
+    grouped_bars(fig, frame, "run", "seconds", by="phase", barmode="stack", horizontal=True, hover=hover)
+    fig.update_layout(legend_traceorder="normal")
     return fig
 
 
@@ -270,10 +318,10 @@ def class_counts(frame: pd.DataFrame) -> go.Figure:
     fig = _figure("Images per class and split", "Class", "Images (count)", height=340)
     if frame.empty:
         return _empty(fig, "No images")
-    for split in ("train", "validation", "test"):
-        rows = frame[frame["split"] == split]
-        fig.add_trace(go.Bar(x=rows["class"], y=rows["images"], name=split, marker_color=SPLIT_COLORS[split]))
-    fig.update_layout(barmode="stack", legend_traceorder="normal")
+    grouped_bars(
+        fig, frame, "class", "images", by="split", barmode="stack", order=SPLIT_COLORS, colors=SPLIT_COLORS
+    )
+    fig.update_layout(legend_traceorder="normal")
     return fig
 
 
@@ -287,7 +335,8 @@ def _empty(fig: go.Figure, text: str) -> go.Figure:
 
 
 # --- architecture figures ----------------------------------------------------------------------
-# (Architectures page; data from engine.models.architecture / arch_blocks / arch_explain as plain values)
+# (Architectures page; data from engine.models.architecture and explain as plain values; the block and
+# module drawings are in dashboard/diagrams.py)
 KIND_COLORS = {
     "conv": "#DC2626",
     "depthwise": "#16A34A",
@@ -295,7 +344,6 @@ KIND_COLORS = {
     "dense": "#9333EA",
     "other": "#94A3B8",
 }
-_BOX_W, _BOX_H = 2.6, 0.62
 
 
 def arch_blocks_stacked(frame: pd.DataFrame, title: str, y_title: str) -> go.Figure:
@@ -304,13 +352,18 @@ def arch_blocks_stacked(frame: pd.DataFrame, title: str, y_title: str) -> go.Fig
     if frame.empty:
         return _empty(fig, "Nothing to show")
     order = list(dict.fromkeys(frame["block"]))
-    for kind, color in KIND_COLORS.items():
-        rows = frame[frame["kind"] == kind]
-        if rows.empty or not rows["value"].any():
-            continue
-        fig.add_trace(go.Bar(x=rows["block"], y=rows["value"], name=kind, marker_color=color))
-    fig.update_layout(
+    grouped_bars(
+        fig,
+        frame,
+        "block",
+        "value",
+        by="kind",
         barmode="stack",
+        order=KIND_COLORS,
+        colors=KIND_COLORS,
+        drop_zero=True,
+    )
+    fig.update_layout(
         legend={"orientation": "v", "x": 1.01, "y": 1, "xanchor": "left", "yanchor": "top"},
         margin={"l": 60, "r": 110, "t": 50, "b": 50},
     )
@@ -369,169 +422,6 @@ def cost_comparison(frame: pd.DataFrame, title: str) -> go.Figure:
     )
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(margin={"l": 20, "r": 20, "t": 50, "b": 50}, showlegend=False)
-    return fig
-
-
-def _shape_text(shape) -> str:
-    return "×".join(str(int(v)) for v in shape)
-
-
-def _box(fig: go.Figure, x: float, y: float, text: str, color: str, width: float = _BOX_W) -> None:
-    fig.add_shape(
-        type="rect",
-        x0=x - width / 2,
-        x1=x + width / 2,
-        y0=y - _BOX_H / 2,
-        y1=y + _BOX_H / 2,
-        line={"color": color, "width": 2},
-        fillcolor=color,
-        opacity=0.16,
-        layer="below",
-    )
-    fig.add_annotation(x=x, y=y, text=text, showarrow=False, font={"size": 11, "color": "#0F172A"})
-
-
-def _arrow(fig: go.Figure, x0: float, y0: float, x1: float, y1: float) -> None:
-    fig.add_annotation(
-        x=x1,
-        y=y1 + _BOX_H / 2,
-        ax=x0,
-        ay=y0 - _BOX_H / 2,
-        xref="x",
-        yref="y",
-        axref="x",
-        ayref="y",
-        showarrow=True,
-        arrowhead=2,
-        arrowwidth=1.4,
-        arrowcolor="#475569",
-        text="",
-    )
-
-
-def _diagram(title: str, height: int) -> go.Figure:
-    fig = go.Figure()
-    fig.update_layout(template=TEMPLATE, title=title, height=height, showlegend=False)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return fig
-
-
-def _step_text(step: dict) -> str:
-    macs = f" · {step['macs'] / 1e6:,.2f} M MACs" if step["macs"] else ""
-    return f"<b>{step['label']}</b>  {step['name']}<br>{_shape_text(step['output_shape'])}{macs}"
-
-
-def separable_block_diagram(block: dict) -> go.Figure:
-    """A depthwise-separable block or inverted residual drawn top to bottom from its real layers.
-
-    `block` is `dataclasses.asdict(engine.models.blocks.SeparableBlock)`.
-    """
-    main = [s for s in block["steps"] if "squeeze" not in s["label"]]
-    side = [s for s in block["steps"] if "squeeze" in s["label"]]
-    title = f"{block['backbone']} {block['block']}: " + (
-        "inverted residual" if block["style"] == "inverted_residual" else "depthwise-separable block"
-    )
-    fig = _diagram(title, 150 + 95 * (len(main) + 1))
-    y = 0.0
-    _box(fig, 0, y, f"<b>input</b><br>{_shape_text(block['input_shape'])}", PALETTE[5])
-    positions = {"": (0.0, y)}
-    for step in main:
-        y -= 1.0
-        color = "#475569" if step["label"] == "add" else KIND_COLORS.get(step["kind"], "#94A3B8")
-        _box(fig, 0, y, _step_text(step), color)
-        px, py = positions.get(step["after"], (0.0, y + 1.0))
-        _arrow(fig, px, py, 0, y)
-        positions[step["name"]] = (0.0, y)
-    if side:  # squeeze-and-excitation: a small side branch that rescales the channels
-        sy = positions.get(side[0]["after"], (0.0, -1.0))[1] - 0.5
-        text = "<br>".join(f"{s['label']} → {_shape_text(s['output_shape'])}" for s in side)
-        _box(fig, 3.2, sy, f"<b>squeeze-excite</b><br>{text}", KIND_COLORS["other"], width=2.4)
-    if block["residual"]:
-        fig.add_shape(
-            type="path",
-            path=f"M {_BOX_W / 2},0 L {_BOX_W / 2 + 0.5},0 L {_BOX_W / 2 + 0.5},{y} L {_BOX_W / 2},{y}",
-            line={"color": "#475569", "width": 1.4, "dash": "dot"},
-        )
-        fig.add_annotation(x=_BOX_W / 2 + 0.55, y=y / 2, text="skip", showarrow=False, xanchor="left")
-    fig.update_xaxes(range=[-2.0, 4.6 if side else 2.4])
-    fig.update_yaxes(range=[y - 0.6, 0.6])
-    return fig
-
-
-def inception_module_diagram(module: dict) -> go.Figure:
-    """An Inception module: its parallel branches from the real layers, joined by a concat.
-
-    `module` is `dataclasses.asdict(engine.models.blocks.InceptionModule)`.
-    """
-    branches = module["branches"]
-    # each branch is a little tree (mixed9/10 split 1×3 ‖ 3×1): depth = distance from the input
-    layouts, widths = [], []
-    for branch in branches:
-        depth: dict[str, int] = {}
-        for step in branch["steps"]:
-            depth[step["name"]] = depth.get(step["after"], -1) + 1
-        levels: dict[int, list[dict]] = {}
-        for step in branch["steps"]:
-            levels.setdefault(depth[step["name"]], []).append(step)
-        layouts.append(levels)
-        widths.append(max(len(v) for v in levels.values()) if levels else 1)
-    rows = max((max(levels) + 1 for levels in layouts if levels), default=1)
-    col_w = 2.9
-    total_w = col_w * sum(widths)
-    fig = _diagram(f"{module['backbone']} {module['module']}: Inception module", 220 + 92 * (rows + 2))
-    top = 0.0
-    _box(
-        fig,
-        total_w / 2,
-        top,
-        f"<b>input</b> {module['input_layer']}<br>{_shape_text(module['input_shape'])}",
-        PALETTE[5],
-        width=min(total_w, 6),
-    )
-    bottom = -(rows + 1.0)
-    x_left = 0.0
-    for branch, levels, width in zip(branches, layouts, widths, strict=True):
-        centre = x_left + col_w * width / 2
-        places: dict[str, tuple[float, float]] = {"": (total_w / 2, top)}
-        last = (centre, top)
-        for level in sorted(levels):
-            items = levels[level]
-            for j, step in enumerate(items):
-                x = centre + (j - (len(items) - 1) / 2) * col_w
-                y = -(level + 1.0)
-                color = KIND_COLORS.get(step["kind"], KIND_COLORS["other"])
-                _box(fig, x, y, _step_text(step), color, width=col_w - 0.25)
-                px, py = places.get(step["after"], (total_w / 2, top))
-                _arrow(fig, px, py, x, y)
-                places[step["name"]] = last = (x, y)
-        leaves = [
-            places[s["name"]]
-            for s in branch["steps"]
-            if s["name"] not in {t["after"] for t in branch["steps"]}
-        ]
-        for lx, ly in leaves or [last]:
-            _arrow(fig, lx, ly, centre if len(leaves) < 2 else lx, bottom)
-        fig.add_annotation(
-            x=centre + 0.06,
-            y=bottom + 0.6,
-            xanchor="left",
-            text=f"{branch['out_channels']} ch · {branch['macs'] / 1e6:,.1f} M",
-            showarrow=False,
-            font={"size": 10, "color": "#475569"},
-        )
-        x_left += col_w * width
-    _box(
-        fig,
-        total_w / 2,
-        bottom,
-        f"<b>concat</b> {module['module']}<br>{_shape_text(module['output_shape'])} · "
-        f"{module['macs'] / 1e6:,.1f} M MACs in all",
-        "#475569",
-        width=min(total_w, 6),
-    )
-    fig.update_xaxes(range=[-0.2, total_w + 0.2])
-    fig.update_yaxes(range=[bottom - 0.6, top + 0.6])
     return fig
 
 
@@ -680,9 +570,8 @@ def format_latency(frame: pd.DataFrame) -> go.Figure:
     fig = _figure("Warm single-image latency", "Format", "Latency (ms, model only)", height=340)
     if frame.empty or "latency_p50_ms" not in frame:
         return _empty(fig, "Nothing measured yet")
-    for i, (column, name) in enumerate((("latency_p50_ms", "median (p50)"), ("latency_p95_ms", "p95"))):
-        fig.add_trace(go.Bar(x=frame["format"], y=frame[column], name=name, marker_color=PALETTE[i]))
-    fig.update_layout(barmode="group")
+    series = _series(frame, "format", {"latency_p50_ms": "median (p50)", "latency_p95_ms": "p95"})
+    grouped_bars(fig, series, "format", "value", by="series")
     return _legend_below_title(fig)
 
 
@@ -691,9 +580,8 @@ def format_fidelity(frame: pd.DataFrame) -> go.Figure:
     fig = _figure("Accuracy, agreement", "Format", "Fraction of test images", 340)
     if frame.empty or "accuracy" not in frame:
         return _empty(fig, "Nothing measured yet")
-    for i, (column, name) in enumerate((("accuracy", "test accuracy"), ("agreement", "same top-1 as Keras"))):
-        fig.add_trace(go.Bar(x=frame["format"], y=frame[column], name=name, marker_color=PALETTE[i + 2]))
-    fig.update_layout(barmode="group")
+    series = _series(frame, "format", {"accuracy": "test accuracy", "agreement": "same top-1 as Keras"})
+    grouped_bars(fig, series, "format", "value", by="series", colors=PALETTE[2:])
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
     return _legend_below_title(fig)
 
@@ -706,16 +594,7 @@ def phase_times(frame: pd.DataFrame, backbone: str) -> go.Figure:
     fig = _figure(f"{backbone}: time per item", "Phase", "Milliseconds per item (log scale)", height=380)
     if frame.empty:
         return _empty(fig, "No timings for this backbone")
-    for i, (setup, rows) in enumerate(frame.groupby("setup", sort=False)):
-        fig.add_trace(
-            go.Bar(
-                x=rows["phase"],
-                y=rows["per_item_ms"],
-                name=str(setup),
-                marker_color=PALETTE[i % len(PALETTE)],
-            )
-        )
-    fig.update_layout(barmode="group")
+    grouped_bars(fig, frame, "phase", "per_item_ms", by="setup")
     fig.update_yaxes(type="log")
     return fig
 
@@ -726,17 +605,6 @@ def phase_speedups(frame: pd.DataFrame) -> go.Figure:
     rows = frame.dropna(subset=["speedup"]) if "speedup" in frame else frame.iloc[0:0]
     if rows.empty:
         return _empty(fig, "No GPU timings: import a classmate's to compare")
-    for i, (backbone, group) in enumerate(rows.groupby("backbone", sort=False)):
-        fig.add_trace(
-            go.Bar(
-                x=group["phase"],
-                y=group["speedup"],
-                name=str(backbone),
-                marker_color=PALETTE[i % len(PALETTE)],
-                text=[f"{v:.1f}×" for v in group["speedup"]],
-                textposition="outside",
-            )
-        )
+    grouped_bars(fig, rows, "phase", "speedup", by="backbone", text=lambda v: f"{v:.1f}×")
     fig.add_hline(y=1, line_dash="dash", line_color="#64748B", annotation_text="no gain")
-    fig.update_layout(barmode="group")
     return fig

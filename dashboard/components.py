@@ -140,8 +140,6 @@ def sidebar() -> None:
 
 @st.fragment(run_every=2)
 def _active_jobs() -> None:
-    from engine.jobs import queue as jobs
-
     try:
         active = jobs.list_jobs(active_only=True, store=cache.store())
     except LabError as exc:

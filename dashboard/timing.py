@@ -1,5 +1,6 @@
 """CPU vs GPU: the timing lab, phase by phase, with this machine's timings beside imported ones."""
 
+import inspect
 import json
 
 import pandas as pd
@@ -10,9 +11,11 @@ from dashboard.components import followed_job, guard, job_header, job_progress, 
 from engine.data import uploads
 from engine.jobs import queue as jobs
 from engine.models import backbones
-from engine.timing import lab as bench
+from engine.timing import lab
 
 POLL_SECONDS = 1.0
+# the form's defaults are the timing lab's own (images, batch size, training steps, label)
+LAB = {name: p.default for name, p in inspect.signature(lab.run_lab).parameters.items()}
 
 
 def setup_label(report: dict, device: str) -> str:
@@ -24,7 +27,7 @@ def timings_frame(reports: list[dict]) -> pd.DataFrame:
     rows = [
         {
             "backbone": r["backbone"],
-            "phase": bench.PHASE_LABELS.get(r["phase"], r["phase"]),
+            "phase": lab.PHASE_LABELS.get(r["phase"], r["phase"]),
             "setup": setup_label(report, r["device"]),
             "per_item_ms": r["per_item_ms"],
         }
@@ -37,9 +40,9 @@ def timings_frame(reports: list[dict]) -> pd.DataFrame:
 def speedup_frame(reports: list[dict]) -> pd.DataFrame:
     rows = []
     for report in reports:
-        for r in bench.speedups(report):
+        for r in lab.speedups(report):
             label = r["backbone"] if len(reports) == 1 else f"{report['label']} · {r['backbone']}"
-            rows.append({**r, "phase": bench.PHASE_LABELS[r["phase"]], "backbone": label})
+            rows.append({**r, "phase": lab.PHASE_LABELS[r["phase"]], "backbone": label})
     return pd.DataFrame(rows)
 
 
@@ -85,13 +88,15 @@ form, view = st.columns([1, 2], gap="large")
 with form, st.container(border=True):
     st.markdown("**Run the timing lab**")
     names = backbones.list_backbones()
-    chosen = st.multiselect("Backbones", names, default=list(bench.DEFAULT_BACKBONES), key="timing_backbones")
+    chosen = st.multiselect("Backbones", names, default=list(lab.DEFAULT_BACKBONES), key="timing_backbones")
     sources = {"demo": "Demo set (generated)"} | {str(p): k for k, p in uploads.stored_datasets().items()}
     source = st.selectbox("Images to decode", list(sources), format_func=sources.get, key="timing_source")
-    images = st.slider("Images", 8, 128, 32, step=8, key="timing_images")
-    batch = st.select_slider("Batch size", [1, 4, 8, 16, 32, 64], value=32, key="timing_batch")
-    steps = st.select_slider("Head training steps", [50, 100, 200, 500, 1000], value=200, key="timing_steps")
-    label = st.text_input("Name this machine", value="this machine", key="timing_label")
+    images = st.slider("Images", 8, 128, LAB["images"], step=8, key="timing_images")
+    batch = st.select_slider("Batch size", [1, 4, 8, 16, 32, 64], value=LAB["batch_size"], key="timing_batch")
+    steps = st.select_slider(
+        "Head training steps", [50, 100, 200, 500, 1000], value=LAB["train_steps"], key="timing_steps"
+    )
+    label = st.text_input("Name this machine", value=LAB["label"], key="timing_label")
     if st.button("Start timing", type="primary", icon=":material/timer:", disabled=not chosen):
         params = {
             "backbone_names": chosen,
@@ -99,7 +104,7 @@ with form, st.container(border=True):
             "images": images,
             "batch_size": batch,
             "train_steps": steps,
-            "label": label or "this machine",
+            "label": label or LAB["label"],
         }
         with guard("Starting the timing lab"):
             st.session_state["timing_job"] = jobs.start_job("timing", params, store=cache.store())
@@ -112,7 +117,7 @@ with st.sidebar, st.expander("Import a classmate's timings", icon=":material/upl
     their = st.text_input("Label", value="", placeholder="e.g. Sam's RTX 3060", key="timing_import_label")
     if upload is not None and st.button("Import", key="timing_import"):
         with guard("Importing timings"):
-            report = bench.import_timings(upload.getvalue(), label=their or None)
+            report = lab.import_timings(upload.getvalue(), label=their or None)
             st.success(f"Imported “{report['label']}” ({len(report['timings'])} timings)")
 
 with view:
@@ -122,7 +127,7 @@ with view:
             monitor(job.id)
         elif job is not None and job.status != "finished":
             st.error(job.error or f"The timing lab {job.status}.", icon=":material/error:")
-    reports = bench.list_timings()
+    reports = lab.list_timings()
     if not reports:
         st.info("No timings yet: start the lab, or import a classmate's file.", icon=":material/info:")
         st.stop()
@@ -141,7 +146,7 @@ with view:
     st.markdown("**Why the GPU helps, or does not**")
     for report in shown:
         st.markdown(f"*{report['label']}*")
-        st.markdown("\n".join(f"- {note}" for note in bench.explain(report)))
+        st.markdown("\n".join(f"- {note}" for note in lab.explain(report)))
     st.download_button(
         "Export the first shown timings (for a classmate)",
         data=json.dumps(shown[0], indent=2),
