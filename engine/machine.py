@@ -1,5 +1,7 @@
 """Facts about the machine the lab runs on: the one function every record of "where it ran" asks.
 
+Also whether the network can be reached (`network_available`), asked before any download.
+
 A run's `environment.json`, a timings report's `machine`, a format comparison's `machine` and the
 Overview page all come from `machine_facts()`. It sits in the ground (beside config and errors)
 because rooms at every height record it: the run store, the conversion comparison, the timing lab.
@@ -12,6 +14,7 @@ Core counts, one meaning each:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import os
@@ -19,6 +22,8 @@ import platform
 import shutil
 import socket
 import sys
+import threading
+import time
 from typing import Any
 
 # Python packages of the TensorRT routes (reported as facts; the verdict is engine.export.runtimes')
@@ -130,3 +135,34 @@ def tensorflow_facts() -> dict[str, Any]:
         "is_tensorrt_build": bool(build.get("is_tensorrt_build", False)),
         "tensorrt_enabled": trt_enabled,
     }
+
+
+def network_available(host: str = "storage.googleapis.com", timeout: float = 1.5) -> bool:
+    """A quick TCP probe, so offline use fails in about `timeout` seconds instead of hanging.
+
+    The whole probe is bounded, name resolution included: a socket timeout does not cover
+    `getaddrinfo`, which waits ~10 s when DNS never answers, so it runs in a daemon thread that is
+    abandoned at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    found: list = []
+
+    def resolve() -> None:
+        with contextlib.suppress(OSError):  # unresolvable: `found` stays empty
+            found.extend(socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM))
+
+    resolver = threading.Thread(target=resolve, name=f"resolve {host}", daemon=True)
+    resolver.start()
+    resolver.join(timeout)
+    for family, kind, proto, _name, address in list(found):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(left)
+                sock.connect(address)
+                return True
+        except OSError:
+            continue
+    return False

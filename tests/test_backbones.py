@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from engine import machine
 from engine.errors import InvalidArgument, NotFound, WeightsMissing
 from engine.models import backbones
 
@@ -53,15 +54,15 @@ def test_missing_weights_offline_fail_fast_naming_file_and_folder(monkeypatch, t
 def test_network_probe_is_bounded_here():
     """On this offline machine the real probe must answer (False) well within the 2 s budget."""
     start = time.perf_counter()
-    backbones.network_available(timeout=1.0)
+    machine.network_available(timeout=1.0)
     assert time.perf_counter() - start < 2.0
 
 
 def test_network_probe_is_bounded_when_dns_never_answers(monkeypatch):
     """A black-hole DNS: getaddrinfo would wait ~10 s; the whole probe still answers within ~timeout."""
-    monkeypatch.setattr(backbones.socket, "getaddrinfo", lambda *a, **k: time.sleep(10) or [])
+    monkeypatch.setattr(machine.socket, "getaddrinfo", lambda *a, **k: time.sleep(10) or [])
     start = time.perf_counter()
-    assert backbones.network_available(timeout=1.0) is False
+    assert machine.network_available(timeout=1.0) is False
     assert time.perf_counter() - start < 2.0
 
 
@@ -73,8 +74,8 @@ def test_network_probe_connects_to_what_resolves(monkeypatch):
         port = server.getsockname()[1]
         # the probe asks for port 443; answer with the local server's address instead
         local = lambda host, _port, **kwargs: real("127.0.0.1", port, **kwargs)  # noqa: E731
-        monkeypatch.setattr(backbones.socket, "getaddrinfo", local)
-        assert backbones.network_available("example.invalid", timeout=1.0) is True
+        monkeypatch.setattr(machine.socket, "getaddrinfo", local)
+        assert machine.network_available("example.invalid", timeout=1.0) is True
 
 
 WEIGHTS_FILE = "mobilenet_2_5_224_tf_no_top.h5"

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from engine import config
 from engine.data.archives import extract_tar, find_class_root, install_dir
 from engine.errors import DatasetError, InvalidArgument, NetworkUnavailable
-from engine.models.backbones import network_available
+from engine.machine import network_available
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 
 # The TensorFlow for Poets download: 3,670 photos in 5 classes, 218 MB.

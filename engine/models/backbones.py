@@ -8,16 +8,13 @@ EfficientNet (Tan & Le 2019).
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from engine import config
 from engine.errors import InvalidArgument, NotFound, WeightsMissing
+from engine.machine import network_available
 
 Preprocessing = Literal["tf", "raw"]
 WeightsKind = Literal["imagenet", "random"]
@@ -209,37 +206,6 @@ def weights_path(name: str, top: bool = False) -> Path:
 def weights_cached(name: str) -> bool:
     """Whether the ImageNet weights of `name` are already on disk."""
     return weights_path(name).is_file()
-
-
-def network_available(host: str = "storage.googleapis.com", timeout: float = 1.5) -> bool:
-    """A quick TCP probe, so offline use fails in about `timeout` seconds instead of hanging.
-
-    The whole probe is bounded, name resolution included: a socket timeout does not cover
-    `getaddrinfo`, which waits ~10 s when DNS never answers, so it runs in a daemon thread that is
-    abandoned at the deadline.
-    """
-    deadline = time.monotonic() + timeout
-    found: list = []
-
-    def resolve() -> None:
-        with contextlib.suppress(OSError):  # unresolvable: `found` stays empty
-            found.extend(socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM))
-
-    resolver = threading.Thread(target=resolve, name=f"resolve {host}", daemon=True)
-    resolver.start()
-    resolver.join(timeout)
-    for family, kind, proto, _name, address in list(found):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.settimeout(left)
-                sock.connect(address)
-                return True
-        except OSError:
-            continue
-    return False
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
