@@ -33,7 +33,7 @@ TARGET = 1.3
 
 def make_run() -> tuple[str, Path, str]:
     from engine.runs.retrain import RunConfig, retrain
-    from engine.training.head import TrainConfig
+    from engine.training.config import TrainConfig
 
     weights = ASSETS / "keras_weights" / "mobilenet_2_5_224_tf_no_top.h5"
     flowers = ASSETS / "flower_photos_small_set"

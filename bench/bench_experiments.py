@@ -44,13 +44,14 @@ def fresh_home(tmp: Path, name: str) -> Path:
 
 def alone(steps: int, tmp: Path) -> dict[str, float]:
     from engine.data import datasets
-    from engine.features import extract as features
-    from engine.training import head as training
+    from engine.features.extract import extract_features
+    from engine.training.config import TrainConfig
+    from engine.training.head import train_head
 
     fresh_home(tmp, "alone")
     data = datasets.scan_image_dir(FLOWERS)
     start = time.perf_counter()
-    feats = features.extract_features(data.records, ARCH, "imagenet")
+    feats = extract_features(data.records, ARCH, "imagenet")
     extract = time.perf_counter() - start
     assert feats.stats.misses == len(data.records), feats.stats
     split = [r.split for r in data.records]
@@ -64,8 +65,8 @@ def alone(steps: int, tmp: Path) -> dict[str, float]:
     }
     start = time.perf_counter()
     for rate in RATES:
-        config = training.TrainConfig(learning_rate=rate, steps=steps)
-        training.train_head(*part["train"], *part["validation"], len(data.classes), config)
+        config = TrainConfig(learning_rate=rate, steps=steps)
+        train_head(*part["train"], *part["validation"], len(data.classes), config)
     train = time.perf_counter() - start
     return {"extract": extract, "train": train, "total": extract + train}
 
@@ -73,7 +74,7 @@ def alone(steps: int, tmp: Path) -> dict[str, float]:
 def race(steps: int, tmp: Path) -> dict[str, float]:
     from engine.runs import experiments
     from engine.runs.retrain import RunConfig
-    from engine.training.head import TrainConfig
+    from engine.training.config import TrainConfig
 
     fresh_home(tmp, "race")
     start = time.perf_counter()
@@ -92,7 +93,7 @@ def race(steps: int, tmp: Path) -> dict[str, float]:
 def warm_up(tmp: Path) -> None:
     from engine.runs import experiments
     from engine.runs.retrain import RunConfig
-    from engine.training.head import TrainConfig
+    from engine.training.config import TrainConfig
 
     fresh_home(tmp, "warm")
     config = RunConfig(source=str(FLOWERS), architecture=ARCH, train=TrainConfig(steps=20))

@@ -82,40 +82,42 @@ def make_measures(weights: str, batch_size: int, tmp: Path, sweep: bool = False)
     import tensorflow as tf
 
     from engine.data import datasets
-    from engine.features import extract as features
+    from engine.features import decode
+    from engine.features.cache import FeatureCache
+    from engine.features.extract import extract_features, feature_extractor
 
     # the records a retrain run extracts: scanned (probed) once, outside the clock
     records = datasets.scan_image_dir(FLOWERS).records
     paths, flags = [r.path for r in records], [r.needs_pil for r in records]
     few = paths[::4]  # the per-image ways are slow: measured on every 4th photo
-    extractor = features.feature_extractor(BACKBONE, weights)
+    extractor = feature_extractor(BACKBONE, weights)
     size = extractor.input_size
-    decoded = list(features.decode_dataset(paths, flags, size, batch_size))
+    decoded = list(decode.decode_dataset(paths, flags, size, batch_size))
     caches = iter(range(1_000_000))
 
     def decode():
-        ds = features.decode_dataset(paths, flags, size, batch_size)
+        ds = decode.decode_dataset(paths, flags, size, batch_size)
         return measure(len(paths), lambda: [None for _ in ds])
 
     def forward():
         return measure(len(paths), lambda: [extractor.forward(b).numpy() for b in decoded])
 
     def engine(settings=None, batch=batch_size):
-        cache = features.FeatureCache(tmp / f"cache{next(caches)}")  # empty every time
-        default, features.SETTINGS = features.SETTINGS, settings or features.SETTINGS
+        cache = FeatureCache(tmp / f"cache{next(caches)}")  # empty every time
+        default, decode.SETTINGS = decode.SETTINGS, settings or decode.SETTINGS
         try:
             result = measure(
                 len(paths),
-                lambda: features.extract_features(records, BACKBONE, weights, batch_size=batch, cache=cache),
+                lambda: extract_features(records, BACKBONE, weights, batch_size=batch, cache=cache),
             )
         finally:
-            features.SETTINGS = default
+            decode.SETTINGS = default
         assert cache.count() == len(paths)
         return result
 
     def decode_one(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return features._resize(image, size)[None]  # the same decode + resize, one image at a time
+        return decode._resize(image, size)[None]  # the same decode + resize, one image at a time
 
     def per_image_call():  # Keras 3's direct way: model(batch of one) per image
         return measure(len(few), lambda: [extractor.model(decode_one(p)).numpy() for p in few])
@@ -138,7 +140,7 @@ def sweep_measures(engine) -> dict:
     """extract_features under other pipeline settings and batch sizes (same cores, same round)."""
     from dataclasses import replace
 
-    from engine.features.extract import SETTINGS
+    from engine.features.decode import SETTINGS
 
     variants = {
         "engine": {},

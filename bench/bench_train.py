@@ -43,7 +43,8 @@ def make_features(seed: int = 0):
 
 
 def make_ours(x, y, vx, vy):
-    from engine.training.head import TrainConfig, train_head
+    from engine.training.config import TrainConfig
+    from engine.training.head import train_head
 
     config = TrainConfig(learning_rate=LR, steps=STEPS, batch_size=BATCH, eval_interval=EVAL_INTERVAL)
 

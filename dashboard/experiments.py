@@ -13,7 +13,7 @@ from engine.models import backbones
 from engine.runs import experiments
 from engine.runs.retrain import RunConfig
 from engine.training import summaries
-from engine.training.head import SCHEDULES, TrainConfig
+from engine.training.config import SCHEDULES, TrainConfig
 
 POLL_SECONDS = 1.5
 STUDIES = {

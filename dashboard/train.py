@@ -19,7 +19,7 @@ from dashboard.components import (
 from engine.jobs import queue as jobs
 from engine.models import backbones
 from engine.runs.retrain import RunConfig
-from engine.training.head import TrainConfig
+from engine.training.config import TrainConfig
 
 POLL_SECONDS = 1.0
 

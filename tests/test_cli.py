@@ -91,7 +91,7 @@ def test_training_flags_default_to_train_config_and_run_config():
     from engine.cli.main import build_parser
     from engine.runs import experiments
     from engine.runs.retrain import RunConfig
-    from engine.training.head import TrainConfig
+    from engine.training.config import TrainConfig
 
     train = TrainConfig()
     run = {f.name: f.default for f in fields(RunConfig) if f.name in ("architecture", "weights")}

@@ -215,7 +215,7 @@ def flower_home(tmp_path_factory, monkeypatch, seeded_keras_home):
 
 def test_int8_agrees_on_real_flowers(flower_home, flowers_dir):
     from engine.runs.retrain import RunConfig, retrain
-    from engine.training.head import TrainConfig
+    from engine.training.config import TrainConfig
 
     config = RunConfig(source=str(flowers_dir), architecture="mobilenet_0.25_224", train=TrainConfig())
     summary = retrain(config)

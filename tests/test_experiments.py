@@ -190,7 +190,7 @@ def extraction_spy(monkeypatch):
 
 def _flowers(flowers_dir, **train):
     from engine.runs.retrain import RunConfig
-    from engine.training.head import TrainConfig
+    from engine.training.config import TrainConfig
 
     return RunConfig(source=str(flowers_dir), architecture="mobilenet_0.25_224", train=TrainConfig(**train))
 
@@ -275,7 +275,7 @@ def test_run_job_freezing_and_dataset_comparison_on_generated_images(lab_home):
     from engine.data import sources
     from engine.runs import experiments
     from engine.runs.retrain import RunConfig
-    from engine.training.head import TrainConfig
+    from engine.training.config import TrainConfig
 
     one = sources.make_demo_dataset(num_classes=3, per_class=12, size=48, seed=1)
     two = sources.make_demo_dataset(num_classes=2, per_class=12, size=48, seed=2)

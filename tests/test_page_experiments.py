@@ -12,7 +12,7 @@ from engine.data import sources
 from engine.jobs import queue as jobs
 from engine.runs import experiments
 from engine.runs.retrain import RunConfig
-from engine.training.head import TrainConfig
+from engine.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # seconds per script run; the first imports are slow on a busy machine

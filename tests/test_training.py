@@ -1,4 +1,4 @@
-"""Head training, evaluation and fine-tuning (engine/training.py, engine/finetune.py)."""
+"""Head training, its config and optimiser maths, evaluation and fine-tuning (engine/training/)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 
 from engine.errors import Cancelled, InvalidArgument
-from engine.training.head import (
-    HISTORY_KEYS,
-    TrainConfig,
-    evaluate,
-    head_probabilities,
-    schedule_lr,
-    train_head,
-)
+from engine.training.config import HISTORY_KEYS, TrainConfig
+from engine.training.evaluate import evaluate, head_probabilities
+from engine.training.head import train_head
+from engine.training.optim import schedule_lr
 
 CLASSES = 3
 
@@ -66,11 +62,20 @@ def test_defaults_are_retrain_py_and_round_trip():
         ("learning_rate", 0),
         ("learning_rate", -0.1),
         ("learning_rate", float("nan")),
+        ("learning_rate", float("inf")),
+        ("learning_rate", float("-inf")),
+        ("learning_rate", 1e308),
+        ("learning_rate", 10.5),
         ("learning_rate", "0.1"),
         ("learning_rate", True),
         ("steps", 0),
         ("steps", 1.5),
         ("batch_size", 0),
+        ("batch_size", 10**9),
+        ("steps", 10**12),
+        ("eval_interval", 10**7),
+        ("fine_tune_batch_size", 100_000),
+        ("fine_tune_layers", 10**9),
         ("eval_interval", -1),
         ("optimizer", "rmsprop"),
         ("schedule", "linear"),
@@ -90,6 +95,29 @@ def test_bad_config_values_are_refused_and_echoed(key, value):
     with pytest.raises(InvalidArgument) as info:
         TrainConfig(**{key: value})
     assert f"{key}={value!r}" in str(info.value)
+
+
+def test_the_limits_themselves_are_accepted():
+    from engine.training import config
+
+    top = TrainConfig(
+        learning_rate=config.MAX_LEARNING_RATE,
+        steps=config.MAX_STEPS,
+        batch_size=config.MAX_BATCH_SIZE,
+        fine_tune_batch_size=config.MAX_FINE_TUNE_BATCH_SIZE,
+        final_lr_fraction=1.0,
+    )
+    assert (top.learning_rate, top.steps, top.batch_size) == (10.0, 1_000_000, 65_536)
+
+
+@pytest.mark.parametrize("value", ["1e308", "nan", "inf", "-0.01", "0"])
+def test_cli_refuses_an_absurd_learning_rate_with_one_line(value, capsys):
+    from engine.cli.main import main
+
+    assert main(["retrain", "--image_dir", "demo", "--learning_rate", value]) == 2
+    err = capsys.readouterr().err
+    assert f"learning_rate={float(value)!r}" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_from_dict_refuses_unknown_keys():
@@ -172,7 +200,7 @@ def test_batch_larger_than_training_set_samples_with_replacement():
 def test_non_finite_loss_is_recorded_and_training_goes_on():
     x, y = separable(60, seed=4)
     huge = x * 1e30  # any step overflows float32
-    result = train_head(huge, y, huge, y, CLASSES, small(steps=30, learning_rate=1e10))
+    result = train_head(huge, y, huge, y, CLASSES, small(steps=30, learning_rate=10.0))
     assert [row["step"] for row in result.history] == [10, 20, 30]
     assert not all(math.isfinite(row["train_cross_entropy"]) for row in result.history)
 
@@ -292,7 +320,7 @@ def test_fine_tune_trains_top_layers_and_streams_rows(feature_model):
     images, labels = tiny_images()
     before = [w.numpy().copy() for w in feature_model.weights]
     events = []
-    from engine.training.head import fine_tune  # re-exported from engine.training.finetune
+    from engine.training.finetune import fine_tune
 
     result = fine_tune(
         {"train": (images, labels), "validation": (images[:5], labels[:5])},

@@ -16,7 +16,7 @@ from engine.errors import InvalidArgument
 from engine.models import backbones
 from engine.runs import experiments
 from engine.runs.retrain import RunConfig
-from engine.training.head import TrainConfig
+from engine.training.config import TrainConfig
 from engine.training.summaries import NEVER, display
 
 

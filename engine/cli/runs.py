@@ -10,7 +10,7 @@ from engine.cli.output import ProgressBar, print_json
 from engine.export.runtimes import FORMATS
 from engine.models import backbones
 from engine.runs.retrain import RunConfig
-from engine.training.head import TrainConfig
+from engine.training.config import TrainConfig
 
 
 def add_parser(subparsers) -> None:

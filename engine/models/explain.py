@@ -303,13 +303,13 @@ def cached_projection(
     ImageNet features are looked up only when the weights are on disk (no download is started).
     """
     from engine.data import datasets
-    from engine.features import extract as features
+    from engine.features.cache import FeatureCache, file_hash, model_key
 
     if weights == "imagenet" and not backbones.weights_cached(name):
         return None
     data = datasets.scan_image_dir(folder)
-    hashes = [features.file_hash(r.path) for r in data.records]
-    found = features.FeatureCache().get_many(features.model_key(name, weights, seed), hashes)
+    hashes = [file_hash(r.path) for r in data.records]
+    found = FeatureCache().get_many(model_key(name, weights, seed), hashes)
     rows = [(found[h], r) for h, r in zip(hashes, data.records, strict=True) if h in found]
     if len(rows) < 3:
         return None

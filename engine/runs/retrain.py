@@ -19,12 +19,16 @@ import numpy as np
 from engine.data import datasets
 from engine.errors import Cancelled, InvalidArgument, LabError
 from engine.features import extract as features
+from engine.features.decode import decode_dataset
 from engine.models import backbones
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 from engine.runs.folder import RunFolder
 from engine.runs.results import RunResults
-from engine.training import head as training
-from engine.training.head import TrainConfig
+from engine.training import finetune
+from engine.training.config import TrainConfig
+from engine.training.evaluate import evaluate, head_probabilities
+from engine.training.head import train_head
+from engine.training.model import assemble_classifier
 
 METRICS_FLUSH_SECONDS = 0.5  # history rows reach the store at least this often while training
 
@@ -163,6 +167,7 @@ def prepare(config: RunConfig, progress=None, cancel=None, phases=None) -> Bottl
             progress=progress,
             cancel=cancel,
         )
+    data = features.drop_skipped(data, feats)  # unreadable images are listed with the dataset's skipped files
     splits = np.array([r.split for r in data.records])
     if not (splits == "train").any():
         raise LabError(
@@ -261,7 +266,7 @@ def train_and_save(
             progress(event)
 
     with phases("train"), metrics:
-        head = training.train_head(
+        head = train_head(
             *prepared.part("train"),
             *prepared.part("validation"),
             len(data.classes),
@@ -272,7 +277,7 @@ def train_and_save(
     history, tuned = head.history, None
     if config.train.fine_tune_layers > 0:
         with phases("fine_tune"):
-            tuned = training.fine_tune(
+            tuned = finetune.fine_tune(
                 data,
                 config.architecture,
                 config.weights,
@@ -286,7 +291,7 @@ def train_and_save(
         emit(progress, "evaluate", 0, 1, "Evaluating on the test split")
         x_test, y_test = prepared.part("test")
         test_records = prepared.records("test")
-        probs = training.head_probabilities(head.kernel, head.bias, x_test)
+        probs = head_probabilities(head.kernel, head.bias, x_test)
         if tuned is not None:
             head_results = _evaluate(probs, y_test, test_records, data.classes, history)
             probs = _model_probabilities(tuned.model, test_records, config.architecture, len(data.classes))
@@ -397,14 +402,14 @@ def _model_probabilities(model, records, architecture: str, num_classes: int) ->
     if not records:
         return np.zeros((0, num_classes), np.float32)
     size = backbones.get_backbone(architecture).input_size
-    batches = features.decode_dataset([r.path for r in records], [r.needs_pil for r in records], size)
+    batches = decode_dataset([r.path for r in records], [r.needs_pil for r in records], size)
     return np.concatenate([np.asarray(model(batch, training=False)) for batch in batches])
 
 
 def _evaluate(probs, y_test, test_records, class_names, history) -> dict[str, Any]:
     if len(y_test) == 0:
         return {"test_accuracy": None, "test_count": 0, "note": "The test split is empty."}
-    ev = training.evaluate(probs, y_test, class_names)
+    ev = evaluate(probs, y_test, class_names)
     misclassified = [
         {
             "path": rec.path,
@@ -439,13 +444,7 @@ def _feature_model(architecture: str, weights: str, seed: int):
 
 def build_classifier(architecture: str, weights: str, kernel, bias, seed: int = 0):
     """The deployable classifier: 0..255 pixels -> preprocessing -> backbone -> softmax head."""
-    import keras
-
-    extractor = _feature_model(architecture, weights, seed)
-    head = keras.layers.Dense(kernel.shape[1], activation="softmax", name="head")
-    outputs = head(extractor.output)
-    head.set_weights([np.asarray(kernel), np.asarray(bias)])
-    return keras.Model(extractor.input, outputs, name=f"classifier_{architecture}")
+    return assemble_classifier(_feature_model(architecture, weights, seed), kernel, bias, architecture)
 
 
 def _save_artifacts(folder: RunFolder, config, data, head, tuned) -> None:

@@ -37,15 +37,9 @@ from engine.runs.entities import (
     job_from_row,
     run_from_row,
 )
+from engine.training.config import HISTORY_KEYS
 
-METRIC_COLUMNS = (
-    "step",
-    "train_accuracy",
-    "train_cross_entropy",
-    "validation_accuracy",
-    "validation_cross_entropy",
-    "elapsed",
-)
+METRIC_COLUMNS = HISTORY_KEYS  # the metrics table's columns are the history rows' keys
 # A process on another host cannot be probed; without a heartbeat this long we call it gone.
 STALE_HEARTBEAT_SECONDS = 120.0
 BUSY_TIMEOUT_MS = 30_000

@@ -20,7 +20,11 @@ import numpy as np
 from engine.errors import InvalidArgument
 from engine.models.backbones import build_feature_extractor, get_backbone
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
-from engine.training.head import HeadResult, TrainConfig, history_message, optimizer_update, schedule_lr
+from engine.training.config import TrainConfig
+from engine.training.evaluate import history_message, history_row
+from engine.training.head import HeadResult
+from engine.training.model import assemble_classifier
+from engine.training.optim import optimizer_update, schedule_lr
 
 BYPASS_NOTE = (
     "Fine-tuning trains end to end on (distorted) images, so it bypasses the bottleneck cache: "
@@ -271,99 +275,117 @@ def fine_tune(
     Raises:
         InvalidArgument: bad data, head shape or layer count. Cancelled: cancel() returned True.
     """
-    import tensorflow as tf
-
     config = config or TrainConfig()
     if head is None:
         raise InvalidArgument("fine_tune starts from a trained head; pass head=train_head(...)")
-    start_time = time.perf_counter()
+    started = time.perf_counter()
     size = get_backbone(backbone).input_size
     if feature_model is None:
         feature_model = build_feature_extractor(backbone, weights=weights, seed=config.seed)
-    dim = int(feature_model.output.shape[-1])
-    kernel0, bias0 = _head_arrays(head, dim)
-    num_classes = kernel0.shape[1]
-    train, val = _sources(data, size, config, num_classes)
+    kernel, bias = _head_arrays(head, int(feature_model.output.shape[-1]))
+    train, val = _sources(data, size, config, num_classes=kernel.shape[1])
     unfrozen = unfreeze_top_layers(feature_model, config.fine_tune_layers)
     emit(progress, "fine_tune", 0, config.fine_tune_steps, f"Unfroze {len(unfrozen)} layers. {BYPASS_NOTE}")
     check_cancel(cancel)
 
-    kernel, bias = tf.Variable(kernel0, name="head_kernel"), tf.Variable(bias0, name="head_bias")
-    variables = [*feature_model.trainable_variables, kernel, bias]
-    slots = ([], [])
-    if config.optimizer == "adam":
-        slots = tuple([tf.Variable(tf.zeros(v.shape, v.dtype)) for v in variables] for _ in range(2))
-    hyper = [tf.constant(v, tf.float32) for v in (config.fine_tune_learning_rate, config.final_lr_fraction)]
-    total = tf.constant(config.fine_tune_steps)
+    net = _EndToEnd(feature_model, kernel, bias, config)
+    stream = iter(_train_stream(train, size, config))
+    val_batches = _val_stream(val.data, size) if val is not None else None
+    history = _run_steps(net, stream, val_batches, config, progress, cancel, started)
+    kernel, bias = net.kernel.numpy(), net.bias.numpy()
+    return FineTuneResult(
+        model=assemble_classifier(feature_model, kernel, bias, backbone),
+        kernel=kernel,
+        bias=bias,
+        history=history,
+        seconds=time.perf_counter() - started,
+        unfrozen_layers=unfrozen,
+        trainable_params=int(sum(np.prod(v.shape) for v in net.variables)),
+    )
 
-    def metrics(images, labels):
-        logits = tf.matmul(feature_model(images, training=False), kernel) + bias
+
+class _EndToEnd:
+    """The backbone's trainable layers and the head as variables, with a compiled step and scorer."""
+
+    def __init__(self, feature_model, kernel: np.ndarray, bias: np.ndarray, config: TrainConfig) -> None:
+        import tensorflow as tf
+
+        self.model, self.config = feature_model, config
+        self.kernel = tf.Variable(kernel, name="head_kernel")
+        self.bias = tf.Variable(bias, name="head_bias")
+        self.variables = [*feature_model.trainable_variables, self.kernel, self.bias]
+        self.slots: tuple[list, list] = ([], [])  # Adam's first and second moments; SGD has none
+        if config.optimizer == "adam":
+            self.slots = tuple(
+                [tf.Variable(tf.zeros(v.shape, v.dtype)) for v in self.variables] for _ in range(2)
+            )
+        rates = (config.fine_tune_learning_rate, config.final_lr_fraction)
+        self.rate, self.end = (tf.constant(v, tf.float32) for v in rates)
+        self.total = tf.constant(config.fine_tune_steps)
+        self.train_step = tf.function(self._train_step)
+        self.score = tf.function(self._score)
+
+    def _logits(self, images):
+        import tensorflow as tf
+
+        # training=False keeps BatchNorm in inference mode while the unfrozen weights still learn
+        return tf.matmul(self.model(images, training=False), self.kernel) + self.bias
+
+    def _score(self, images, labels):
+        """(correct predictions, summed cross-entropy) on one batch."""
+        import tensorflow as tf
+
+        logits = self._logits(images)
         xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         correct = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels), tf.float32)
         return tf.reduce_sum(correct), tf.reduce_sum(xent)
 
-    @tf.function
-    def train_step(images, labels, step):
+    def _train_step(self, images, labels, step):
+        import tensorflow as tf
+
+        config, slots = self.config, self.slots
         with tf.GradientTape() as tape:
-            logits = tf.matmul(feature_model(images, training=False), kernel) + bias
+            logits = self._logits(images)
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
-        grads = tape.gradient(loss, variables)
-        rate = schedule_lr(config.schedule, hyper[0], hyper[1], step, total)
-        params = [tf.convert_to_tensor(v) for v in variables]
+        grads = tape.gradient(loss, self.variables)
+        rate = schedule_lr(config.schedule, self.rate, self.end, step, self.total)
+        params = [tf.convert_to_tensor(v) for v in self.variables]
         moments = ([m.value() for m in slots[0]], [v.value() for v in slots[1]])
         new, moments = optimizer_update(config.optimizer, params, grads, moments, rate, step)
-        pairs = zip([*variables, *slots[0], *slots[1]], [*new, *moments[0], *moments[1]], strict=True)
+        pairs = zip([*self.variables, *slots[0], *slots[1]], [*new, *moments[0], *moments[1]], strict=True)
         for var, value in pairs:
             var.assign(value)
 
-    eval_fn = tf.function(metrics)
-    val_batches = _val_stream(val.data, size) if val is not None else None
+
+def _run_steps(net: _EndToEnd, stream, val_batches, config: TrainConfig, progress, cancel, started) -> list:
+    """Train `fine_tune_steps` steps, recording a history row every `eval_interval` steps and at the end."""
+    import tensorflow as tf
+
     history: list[dict[str, Any]] = []
-    stream = iter(_train_stream(train, size, config))
     for step in range(config.fine_tune_steps):
         images, labels = next(stream)
-        train_step(images, labels, tf.constant(step))
+        net.train_step(images, labels, tf.constant(step))
         check_cancel(cancel)
         done = step + 1
         if done % config.eval_interval and done != config.fine_tune_steps:
             continue
-        correct, xent = (float(v) / len(labels) for v in eval_fn(images, labels))
-        val_acc = val_xent = None
-        if val_batches is not None:
-            sums = np.zeros(3)
-            for vimages, vlabels in val_batches:
-                sums += [*(float(v) for v in eval_fn(vimages, vlabels)), len(vlabels)]
-            if sums[2]:
-                val_acc, val_xent = float(sums[0] / sums[2]), float(sums[1] / sums[2])
-        row = {
-            "step": done,
-            "train_accuracy": correct,
-            "train_cross_entropy": xent,
-            "validation_accuracy": val_acc,
-            "validation_cross_entropy": val_xent,
-            "elapsed": round(time.perf_counter() - start_time, 4),
-        }
+        row = _measure(net, images, labels, val_batches, done, started)
         history.append(row)
         message = history_message(row, config.fine_tune_steps)
         emit(progress, "fine_tune", done, config.fine_tune_steps, message, row=row, **row)
-    return FineTuneResult(
-        model=_classifier(feature_model, kernel.numpy(), bias.numpy(), backbone),
-        kernel=kernel.numpy(),
-        bias=bias.numpy(),
-        history=history,
-        seconds=time.perf_counter() - start_time,
-        unfrozen_layers=unfrozen,
-        trainable_params=int(sum(np.prod(v.shape) for v in variables)),
-    )
+    return history
 
 
-def _classifier(feature_model, kernel: np.ndarray, bias: np.ndarray, backbone: str):
-    """The deployable model: 0..255 pixels -> preprocessing -> backbone -> softmax head."""
-    import keras
-
-    head = keras.layers.Dense(kernel.shape[1], activation="softmax", name="head")
-    outputs = head(feature_model.output)
-    head.set_weights([kernel, bias])
-    return keras.Model(feature_model.input, outputs, name=f"classifier_{backbone}")
+def _measure(net: _EndToEnd, images, labels, val_batches, step: int, started: float) -> dict[str, Any]:
+    """The history row after `step`: the batch just trained on, then the whole validation set."""
+    correct, xent = (float(v) / len(labels) for v in net.score(images, labels))
+    val_acc = val_xent = None
+    if val_batches is not None:
+        sums = np.zeros(3)
+        for vimages, vlabels in val_batches:
+            sums += [*(float(v) for v in net.score(vimages, vlabels)), len(vlabels)]
+        if sums[2]:
+            val_acc, val_xent = sums[0] / sums[2], sums[1] / sums[2]
+    return history_row(step, correct, xent, val_acc, val_xent, started)
