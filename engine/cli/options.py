@@ -13,7 +13,7 @@ from typing import Any
 from engine.errors import InvalidArgument
 from engine.params import parse_list
 from engine.runs.retrain import RunConfig
-from engine.training.head import OPTIMIZERS, SCHEDULES, TrainConfig
+from engine.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 TRAIN = TrainConfig()  # retrain.py's defaults, as every run saves them
 RUN: dict[str, Any] = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
