@@ -1,6 +1,6 @@
 """Summaries of training histories: time to a target, divergence and oscillation, accuracy at steps.
 
-Pure functions of history rows (the dicts of engine.training.head.HISTORY_KEYS, as `train_head` returns
+Pure functions of history rows (the dicts of engine.training.config.HISTORY_KEYS, as `train_head` returns
 them or the store reads them back), with no TensorFlow and no store, so they can be checked on
 constructed histories and shared by the experiment engine, the CLI, the page and the CSV export.
 A history read back from SQLite has NaN turned into None: a missing cross-entropy next to a present
