@@ -176,7 +176,7 @@ def architecture(name: str):
 
 @st.cache_data(show_spinner="Reading cached bottleneck features…", ttl=30, max_entries=16)
 def _feature_projection(home: str, folder: str, name: str, weights: str):
-    from engine.models.explain import cached_projection
+    from engine.features.projection import cached_projection
 
     return cached_projection(folder, name, weights)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidArgument, NotFound
+from engine.features import projection
 from engine.models import architecture, backbones, block_names, blocks, explain, macs
 
 REQUIRED = {  # the figures: MACs per image, ImageNet classifier included
@@ -215,7 +216,7 @@ def test_projection_is_none_without_cached_features(tmp_path):
     from engine.data.sources import make_demo_dataset
 
     folder = make_demo_dataset(tmp_path / "demo", num_classes=2, per_class=4, size=32)
-    assert explain.cached_projection(folder, "mobilenet_0.25_224", "random") is None
+    assert projection.cached_projection(folder, "mobilenet_0.25_224", "random") is None
 
 
 def test_cli_json_last_line(capsys):
@@ -246,18 +247,16 @@ def test_unknown_name_raises_not_found():
 def test_projection_of_really_cached_features(tmp_path):
     from engine.data import datasets
     from engine.data.sources import make_demo_dataset
-    from engine.features import extract as features
+    from engine.features.extract import extract_features
 
     folder = make_demo_dataset(tmp_path / "demo", num_classes=2, per_class=4, size=32)
     records = datasets.scan_image_dir(folder).records
-    features.extract_features(records, "mobilenet_0.25_128", "random", seed=0)
-    projection = explain.cached_projection(folder, "mobilenet_0.25_128", "random", seed=0)
-    assert projection is not None
-    assert projection.cached == projection.total == len(records) == 8
-    assert projection.points.shape == (8, 2) and sorted(set(projection.labels)) == sorted(
-        {r.label for r in records}
-    )
-    assert 0 < projection.explained[0] <= 1
+    extract_features(records, "mobilenet_0.25_128", "random", seed=0)
+    found = projection.cached_projection(folder, "mobilenet_0.25_128", "random", seed=0)
+    assert found is not None
+    assert found.cached == found.total == len(records) == 8
+    assert found.points.shape == (8, 2) and sorted(set(found.labels)) == sorted({r.label for r in records})
+    assert 0 < found.explained[0] <= 1
 
 
 def test_block_names_come_from_layer_names_and_the_graph_alone():

@@ -1,14 +1,13 @@
 """The course questions answered with numbers: comparisons, bottleneck, freezing, label_image.
 
 Everything here is arithmetic over `engine.models.architecture.analyze(name)` (no TensorFlow), plus a
-2-D PCA of bottleneck features already in the lab's feature cache.
+2-D PCA (`pca_2d`) that `engine.features.projection` applies to vectors in the feature cache.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -282,46 +281,6 @@ def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     var = s**2
     ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
     return points, np.pad(ratio, (0, 2 - len(ratio)))
-
-
-@dataclass(frozen=True)
-class Projection:
-    points: np.ndarray  # (N, 2)
-    labels: list[str]
-    paths: list[str]
-    explained: tuple[float, float]
-    cached: int  # images of the dataset with a cached vector
-    total: int
-
-
-def cached_projection(
-    folder: str | Path, name: str, weights: str = "imagenet", seed: int = 0
-) -> Projection | None:
-    """PCA of the dataset's bottleneck vectors that are already cached; None when fewer than 3.
-
-    Nothing is extracted here: the vectors come from earlier runs on `folder` with `name`.
-    ImageNet features are looked up only when the weights are on disk (no download is started).
-    """
-    from engine.data import datasets
-    from engine.features.cache import FeatureCache, file_hash, model_key
-
-    if weights == "imagenet" and not backbones.weights_cached(name):
-        return None
-    data = datasets.scan_image_dir(folder)
-    hashes = [file_hash(r.path) for r in data.records]
-    found = FeatureCache().get_many(model_key(name, weights, seed), hashes)
-    rows = [(found[h], r) for h, r in zip(hashes, data.records, strict=True) if h in found]
-    if len(rows) < 3:
-        return None
-    points, ratio = pca_2d(np.stack([v for v, _ in rows]))
-    return Projection(
-        points=points,
-        labels=[r.label for _, r in rows],
-        paths=[r.path for _, r in rows],
-        explained=(float(ratio[0]), float(ratio[1])),
-        cached=len(rows),
-        total=len(data.records),
-    )
 
 
 def lab_results(runs: list[Any], names: list[str]) -> dict[str, dict[str, Any]]:
