@@ -443,7 +443,7 @@ NUMBER_CASES = {
     "seed-2-31": (["--seed", str(2**31)], "seed"),
     "fine-tune-layers-negative": (["--fine_tune_layers=-1"], "fine_tune_layers"),
     "unknown-architecture": (["--architecture", "resnet_9"], "resnet_9"),
-    "empty-architecture": (["--architecture", ""], "architecture"),
+    "empty-architecture": (["--architecture", ""], "''"),
     "architecture-path": (["--architecture", "../../etc/passwd"], "../../etc/passwd"),
     "unknown-weights": (["--weights", "bogus"], "bogus"),
     "unknown-optimizer": (["--optimizer", "rmsprop"], "rmsprop"),
