@@ -138,6 +138,20 @@ def test_tree_hash_refuses_links_and_fifos_without_blocking(tmp_path):
         tree_hash(fifo)
 
 
+def test_hashes_are_remembered_only_while_the_files_stay_put(monkeypatch):
+    from engine.runs import folder as folder_module
+
+    folder = _folder()
+    folder.save_model(_BytesModel(b"first"))
+    monkeypatch.setattr(folder_module, "_RACY_SECONDS", -1.0)  # as if the file were written long ago
+    first = folder.hash(folder.model_path)
+    monkeypatch.setattr(folder_module, "tree_hash", lambda path: pytest.fail("hashed again"))
+    assert folder.hash(folder.model_path) == first  # unchanged: remembered
+    monkeypatch.undo()
+    folder.save_model(_BytesModel(b"other"))  # a new file (new inode): hashed again
+    assert folder.hash(folder.model_path) == hashlib.sha256(b"other").hexdigest()
+
+
 # -- planted and changed exports are not used -----------------------------------------------------
 def _plant_export(folder: RunFolder, fmt: str = "tflite-fp32") -> None:
     export = folder.exports / fmt

@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ METRICS = "metrics.json"
 ENVIRONMENT = "environment.json"
 EXPORTS = "exports"
 _CHUNK = 1 << 20
+_RACY_SECONDS = 2.0
+_MAX_REMEMBERED = 256
+_HASHES: dict[str, tuple[tuple, str]] = {}  # path -> (stat signature, sha256)
 
 
 class RunFolder:
@@ -209,8 +213,20 @@ class RunFolder:
 
     # -- artifact hashes --------------------------------------------------------------------------
     def hash(self, path: Path) -> str:
-        """sha256 of a file, or of a folder's sorted relative paths and file bytes."""
-        return tree_hash(path)
+        """sha256 of a file, or of a folder's sorted relative paths and file bytes (remembered while
+        no file's inode, size, mtime or ctime changes: pages list exports on every rerun)."""
+        key, before = str(path), _signature(path)
+        hit = _HASHES.get(key)
+        if hit is not None and hit[0] == before:
+            return hit[1]
+        digest = tree_hash(path)
+        # like git's racy-clean rule: a file changed within the clock's granularity may change again
+        # without its times moving, so only signatures older than that are trusted to stand for bytes
+        if _signature(path) == before and time.time() - max(e[-1] for e in before) / 1e9 > _RACY_SECONDS:
+            if len(_HASHES) >= _MAX_REMEMBERED:
+                _HASHES.pop(next(iter(_HASHES)))
+            _HASHES[key] = (before, digest)
+        return digest
 
     def record(self, path: Path) -> str:
         """Record the hash of an artifact the lab has just written; returns it."""
@@ -298,6 +314,20 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
             full = Path(dirpath) / name
             out.append((full.relative_to(root).as_posix(), full))
     return sorted(out)
+
+
+def _signature(path: Path) -> tuple:
+    """(name, mode, device, inode, size, mtime, ctime) of the path and everything under it, unfollowed.
+
+    The ctime cannot be set from user space, so new bytes written in place always move it.
+    """
+    path = Path(path)
+    entries = [("", path)] + (_walk(path) if stat.S_ISDIR(os.lstat(path).st_mode) else [])
+    out = []
+    for rel, full in entries:
+        st = os.lstat(full)
+        out.append((rel, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
 
 
 def _hash_file(path: Path, digest) -> None:
