@@ -442,3 +442,22 @@ def test_real_flowers_with_imagenet_weights(flowers_dir, seeded_keras_home):
     assert (labels[sim.argmax(1)] == labels).mean() >= 0.5
     again = extract_features(paths, "mobilenet_0.25_224", "imagenet")
     assert (again.stats.hits, again.stats.misses) == (40, 0) and again.stats.seconds_saved > 0
+
+
+def test_a_run_with_a_corrupt_image_finishes_and_lists_it(tmp_path):
+    from engine.runs.retrain import RunConfig, retrain
+    from engine.runs.store import RunStore
+    from engine.training.config import TrainConfig
+
+    folder = tmp_path / "data"
+    write_plain(folder / "a", 4)
+    write_plain(folder / "b", 4, start=4)
+    bad = folder / "b" / "corrupt.png"
+    picture(9, (160, 120)).save(bad)
+    _png_with_corrupt_pixels(bad)
+    config = RunConfig(str(folder), SMALL, "random", 0, 25, train=TrainConfig(steps=10, batch_size=4))
+    summary = retrain(config)
+    assert summary.status == "finished" and summary.cache["skipped"][0]["path"] == str(bad)
+    results = RunStore().get_run(summary.run_id).results
+    assert str(bad) in [s["path"] for s in results["dataset"]["skipped"]]
+    assert results["dataset"]["num_images"] == 8
