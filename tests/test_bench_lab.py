@@ -8,8 +8,8 @@ import json
 import pytest
 
 from engine.errors import InvalidArgument
-from engine.timing import lab as bench
-from engine.timing import report as bench_report
+from engine.timing import lab
+from engine.timing import report as timing_report
 from engine.timing.lab import TimingsError
 
 
@@ -33,8 +33,8 @@ def _report(label: str = "Alex's laptop", gpu: bool = True) -> dict:
     for row in rows:
         row["per_item_ms"] = row["seconds"] / row["items"] * 1000
     return {
-        "schema": bench.SCHEMA,
-        "version": bench.SCHEMA_VERSION,
+        "schema": lab.SCHEMA,
+        "version": lab.SCHEMA_VERSION,
         "label": label,
         "created": 1_700_000_000.0,
         "machine": {
@@ -47,18 +47,18 @@ def _report(label: str = "Alex's laptop", gpu: bool = True) -> dict:
 
 
 def test_import_a_classmates_timings_and_list_them_labelled():
-    report = bench.import_timings(json.dumps(_report()).encode(), label="Sam's RTX 3060")
+    report = lab.import_timings(json.dumps(_report()).encode(), label="Sam's RTX 3060")
     assert report["origin"] == "imported" and report["label"] == "Sam's RTX 3060"
-    listed = bench.list_timings()
+    listed = lab.list_timings()
     assert [r["label"] for r in listed] == ["Sam's RTX 3060"]
-    assert bench.load_timings(listed[0]["id"])["machine"]["gpus"] == ["RTX 3060"]
-    assert (bench.timings_dir() / f"{report['id']}.json").is_file()
+    assert lab.load_timings(listed[0]["id"])["machine"]["gpus"] == ["RTX 3060"]
+    assert (lab.timings_dir() / f"{report['id']}.json").is_file()
 
 
 def test_import_from_a_file_path(tmp_path):
     path = tmp_path / "timings.json"
     path.write_text(json.dumps(_report(label="from a file")))
-    assert bench.import_timings(path)["label"] == "from a file"
+    assert lab.import_timings(path)["label"] == "from a file"
 
 
 def _broken(change) -> bytes:
@@ -120,90 +120,90 @@ def _broken(change) -> bytes:
 )
 def test_bad_timings_files_are_refused_with_the_field(data, where):
     with pytest.raises(TimingsError, match=None) as err:
-        bench.import_timings(data)
+        lab.import_timings(data)
     assert where in str(err.value)
-    assert bench.list_timings() == []  # nothing half-imported
+    assert lab.list_timings() == []  # nothing half-imported
 
 
 def test_oversized_file_is_refused(tmp_path):
     with pytest.raises(TimingsError, match="limit"):
-        bench.import_timings(b"{" + b" " * (bench.MAX_IMPORT_BYTES + 1) + b"}")
+        lab.import_timings(b"{" + b" " * (lab.MAX_IMPORT_BYTES + 1) + b"}")
     big = tmp_path / "big.json"
     with open(big, "wb") as fh:  # 11 MB, sparse: refused by its size, never read
         fh.truncate(11_000_000)
     with pytest.raises(TimingsError, match=f"{big} is 11,000,000 bytes; the limit"):
-        bench.import_timings(big)
+        lab.import_timings(big)
 
 
 def test_unreadable_paths_are_refused_without_blocking(tmp_path):
     import os
 
     with pytest.raises(TimingsError, match="not a regular file"):
-        bench.import_timings(str(tmp_path / "missing.json"))
+        lab.import_timings(str(tmp_path / "missing.json"))
     fifo = tmp_path / "pipe.json"
     os.mkfifo(fifo)
     with pytest.raises(TimingsError, match=f"{fifo} is not a regular file"):
-        bench.import_timings(fifo)
+        lab.import_timings(fifo)
     with pytest.raises(TimingsError, match="not a regular file"):
-        bench.import_timings(tmp_path)
+        lab.import_timings(tmp_path)
 
 
 def test_a_damaged_saved_file_is_skipped_and_load_says_why():
-    bench.import_timings(json.dumps(_report(label="good")).encode())
-    (bench.timings_dir() / "zz-deep.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
-    assert [r["label"] for r in bench.list_timings()] == ["good"]
+    lab.import_timings(json.dumps(_report(label="good")).encode())
+    (lab.timings_dir() / "zz-deep.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    assert [r["label"] for r in lab.list_timings()] == ["good"]
     with pytest.raises(TimingsError, match="nests too deeply"):
-        bench.load_timings("zz-deep")
+        lab.load_timings("zz-deep")
 
 
 def test_label_given_on_import_is_bounded():
     with pytest.raises(TimingsError, match="at most 500"):
-        bench.import_timings(json.dumps(_report()).encode(), label="x" * 501)
+        lab.import_timings(json.dumps(_report()).encode(), label="x" * 501)
 
 
 def test_speedups_and_explanations():
     report = _report()
-    table = {(r["backbone"], r["phase"]): r for r in bench.speedups(report)}
+    table = {(r["backbone"], r["phase"]): r for r in lab.speedups(report)}
     assert table[("inception_v3", "batch")]["speedup"] == pytest.approx(8.0)
     assert table[("mobilenet_0.25_224", "single")]["speedup"] < 1
     assert table[("mobilenet_0.25_224", "decode")]["speedup"] is None  # CPU only, by design
-    notes = " ".join(bench.explain(report))
+    notes = " ".join(lab.explain(report))
     assert "fixed costs" in notes and "launch" in notes  # single image and head training: no GPU win
     assert "8.0× faster" in notes and "Inception v3" in notes
-    cpu_only = " ".join(bench.explain(_report(gpu=False)))
+    cpu_only = " ".join(lab.explain(_report(gpu=False)))
     assert "No GPU was visible" in cpu_only and "20× the work" in cpu_only
 
 
 def test_explanations_never_import_tensorflow():
     import sys
 
-    assert "tensorflow" not in bench_report.__dict__ and "tensorflow" not in bench.__dict__
-    assert bench_report.explain_rows([], {}) and "keras" not in dir(bench_report)
-    assert sys.modules.get("engine.timing.report") is bench_report
+    assert "tensorflow" not in timing_report.__dict__ and "tensorflow" not in lab.__dict__
+    assert timing_report.explain_rows([], {}) and "keras" not in dir(timing_report)
+    assert sys.modules.get("engine.timing.report") is timing_report
 
 
 @pytest.mark.slow
 def test_a_tiny_lab_run_on_this_cpu():
     events = []
-    report = bench.run_lab(
+    report = lab.run_lab(
         ["mobilenet_0.25_128"], images=4, batch_size=4, single_runs=3, train_steps=10, progress=events.append
     )
     phases = {(r["phase"], r["device"]) for r in report["timings"]}
     devices = ["cpu", "gpu"] if report["machine"]["gpus"] else ["cpu"]
-    assert phases == {("decode", "cpu")} | {(p, d) for p in bench.PHASES[1:] for d in devices}
+    assert phases == {("decode", "cpu")} | {(p, d) for p in lab.PHASES[1:] for d in devices}
     assert all(r["seconds"] > 0 and r["per_item_ms"] > 0 for r in report["timings"])
     assert report["machine"]["cpu_model"] and report["machine"]["tensorflow_version"]
-    assert bench.load_timings(report["id"])["origin"] == "measured"
+    assert lab.load_timings(report["id"])["origin"] == "measured"
     assert events[-1]["phase"] == "bench" and events[-1]["done"] == events[-1]["total"]
     if not report["machine"]["gpus"]:
         with pytest.raises(InvalidArgument, match="no GPU"):
-            bench.run_lab(["mobilenet_0.25_128"], devices=["gpu"])
+            lab.run_lab(["mobilenet_0.25_128"], devices=["gpu"])
 
 
 @pytest.mark.slow
 def test_gpu_timings_where_a_gpu_exists():
-    if not bench.gpu_names():
+    if not lab.gpu_names():
         pytest.skip("GPU timing UNVERIFIED here: TensorFlow sees no GPU on this machine")
-    report = bench.run_lab(["mobilenet_0.25_128"], images=8, batch_size=8, single_runs=5, train_steps=20)
+    report = lab.run_lab(["mobilenet_0.25_128"], images=8, batch_size=8, single_runs=5, train_steps=20)
     assert any(r["device"] == "gpu" for r in report["timings"])
-    assert all(r["speedup"] for r in bench.speedups(report) if r["phase"] != "decode")
+    assert all(r["speedup"] for r in lab.speedups(report) if r["phase"] != "decode")

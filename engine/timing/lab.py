@@ -90,7 +90,8 @@ def _device_phases(name, device, pixels, batch, single_runs, train_steps, cancel
     import keras
     import tensorflow as tf
 
-    from engine.training import head as training
+    from engine.training.config import TrainConfig
+    from engine.training.head import train_head
 
     size, dim = pixels.shape[1], backbones.get_backbone(name).feature_dim
     rows = []
@@ -107,10 +108,10 @@ def _device_phases(name, device, pixels, batch, single_runs, train_steps, cancel
         rng = np.random.default_rng(0)
         x = rng.normal(size=(400, dim)).astype(np.float32)
         y = rng.integers(0, 5, 400).astype(np.int32)
-        cfg = training.TrainConfig(steps=train_steps, batch_size=100, eval_interval=10)
-        warm = training.TrainConfig(steps=10, batch_size=100, eval_interval=10)
-        training.train_head(x[:300], y[:300], x[300:], y[300:], 5, warm)
-        seconds = _timed(lambda: training.train_head(x[:300], y[:300], x[300:], y[300:], 5, cfg))
+        cfg = TrainConfig(steps=train_steps, batch_size=100, eval_interval=10)
+        warm = TrainConfig(steps=10, batch_size=100, eval_interval=10)
+        train_head(x[:300], y[:300], x[300:], y[300:], 5, warm)
+        seconds = _timed(lambda: train_head(x[:300], y[:300], x[300:], y[300:], 5, cfg))
         rows.append(_row(name, "train", device, seconds, train_steps, batch_size=100, eval_interval=10))
         check_cancel(cancel)
         one = pixels[:1]
