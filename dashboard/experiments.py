@@ -7,15 +7,19 @@ import streamlit as st
 
 from dashboard import cache, charts
 from dashboard.components import guard, job_header, job_progress, plot, source_options
-from engine.errors import InvalidArgument
 from engine.jobs import queue as jobs
 from engine.models import backbones
+from engine.params import parse_list
 from engine.runs import experiments
 from engine.runs.retrain import RunConfig
 from engine.training import summaries
-from engine.training.config import SCHEDULES, TrainConfig
+from engine.training.config import MAX_LEARNING_RATE, SCHEDULES, TrainConfig
 
 POLL_SECONDS = 1.5
+TRAIN = TrainConfig()  # a run's defaults (retrain.py's), read from the dataclass, never copied
+RUN = RunConfig(source="demo")  # only its defaults are read
+# a study trains several heads: a quarter of a single run's steps gives one click a result in minutes
+STUDY_STEPS = TRAIN.steps // 4
 STUDIES = {
     "lr_race": "Learning-rate race",
     "freezing": "Layer freezing",
@@ -50,13 +54,6 @@ HEADERS = {
 }  # fmt: skip
 
 
-def numbers(text: str, cast, what: str) -> list:
-    try:
-        return [cast(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise InvalidArgument(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
 def table(rows: list[dict], columns) -> pd.DataFrame:
     """Rows as a display table: percentages, "never" for a target not reached, readable headers."""
     shown = []
@@ -82,13 +79,18 @@ def settings(study: str) -> dict | None:
     else:
         picked = [st.selectbox("Dataset", list(options), format_func=options.get)]
     names = backbones.list_backbones()
-    architecture = st.selectbox("Backbone", names, index=names.index(backbones.DEFAULT_BACKBONE))
-    weights = st.radio("Weights", ["imagenet", "random"], horizontal=True)
+    architecture = st.selectbox("Backbone", names, index=names.index(RUN.architecture))
+    weights = st.radio(
+        "Weights",
+        backbones.WEIGHTS_CHOICES,
+        index=backbones.WEIGHTS_CHOICES.index(RUN.weights),
+        horizontal=True,
+    )
     c1, c2 = st.columns(2)
-    steps = c1.number_input("Training steps", 1, 100_000, 1000, step=100)
-    schedule = c2.selectbox("Learning-rate schedule", SCHEDULES)
-    seed = c1.number_input("Seed", 0, 2**31 - 1, 0, help="the same seed gives the same curves")
-    eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, 10)
+    steps = c1.number_input("Training steps", 1, 100_000, STUDY_STEPS, step=100)
+    schedule = c2.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(TRAIN.schedule))
+    seed = c1.number_input("Seed", 0, 2**31 - 1, TRAIN.seed, help="the same seed gives the same curves")
+    eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, TRAIN.eval_interval)
     params: dict = {"study": study}
     train = {
         "steps": int(steps),
@@ -101,17 +103,20 @@ def settings(study: str) -> dict | None:
         target = st.slider("Target validation accuracy", 0.05, 1.0, experiments.DEFAULT_TARGET, 0.05)
         params.update(rates_text=rates, target=float(target))
     else:
-        train["learning_rate"] = float(st.number_input("Learning rate", 0.0001, 10.0, 0.01, format="%.4f"))
+        rate = st.number_input("Learning rate", 0.0001, MAX_LEARNING_RATE, TRAIN.learning_rate, format="%.4f")
+        train["learning_rate"] = float(rate)
     if study == "freezing":
-        layers = st.text_input("Unfrozen top layers (0 = head only)", "0, 2, 6")
-        train["fine_tune_steps"] = int(st.number_input("Fine-tune steps", 1, 10_000, 100))
+        layers = st.text_input(
+            "Unfrozen top layers (0 = head only)", ", ".join(map(str, experiments.DEFAULT_LAYERS))
+        )
+        train["fine_tune_steps"] = int(st.number_input("Fine-tune steps", 1, 10_000, TRAIN.fine_tune_steps))
         params["layers_text"] = layers
     if not st.button("Start experiment", type="primary", icon=":material/play_arrow:"):
         return None
     if study == "lr_race":
-        params["rates"] = numbers(params.pop("rates_text"), float, "Learning rates")
+        params["rates"] = parse_list(params.pop("rates_text"), float, "Learning rates")
     if study == "freezing":
-        params["layers"] = numbers(params.pop("layers_text"), int, "Layer counts")
+        params["layers"] = parse_list(params.pop("layers_text"), int, "Layer counts")
     if study == "datasets":
         params["sources"] = picked
     source = picked[0] if picked else "demo"
@@ -213,7 +218,7 @@ def steps_study() -> None:
     run_id = st.selectbox("Run", list(labels), format_func=labels.get)
     text = st.text_input("Steps", ", ".join(map(str, experiments.DEFAULT_CHECKPOINTS)))
     with guard("Reading the run's history"):
-        rows = experiments.steps_study(run_id, numbers(text, int, "Steps"), cache.store())
+        rows = experiments.steps_study(run_id, parse_list(text, int, "Steps"), cache.store())
         frame = pd.DataFrame(rows).astype({"validation_accuracy": float, "test_accuracy": float})
         plot(charts.accuracy_at_steps(frame), key="steps_chart")
         columns = ("checkpoint", "step", "validation_accuracy", "test_accuracy", "note")

@@ -19,9 +19,13 @@ from dashboard.components import (
 from engine.jobs import queue as jobs
 from engine.models import backbones
 from engine.runs.retrain import RunConfig
-from engine.training.config import TrainConfig
+from engine.training.config import MAX_LEARNING_RATE, OPTIMIZERS, TrainConfig
 
 POLL_SECONDS = 1.0
+# the form's defaults are a run's own (retrain.py's), read from the config dataclasses, never copied
+TRAIN = TrainConfig()
+RUN = RunConfig(source="demo")  # only its defaults are read
+WEIGHTS_LABELS = {"imagenet": "ImageNet (pretrained)", "random": "Random (no pretraining)"}
 
 
 def start(config: RunConfig) -> None:
@@ -140,36 +144,45 @@ with form_col, st.container(border=True):
     source = st.selectbox("Dataset", list(options), format_func=options.get)
     names = backbones.list_backbones()
     # the Architectures page hands over a backbone and a freezing depth through session_state
-    preset = st.session_state.get("train_architecture") or backbones.DEFAULT_BACKBONE
+    preset = st.session_state.get("train_architecture") or RUN.architecture
     architecture = st.selectbox("Backbone", names, index=names.index(preset) if preset in names else 0)
     weights = st.radio(
         "Weights",
-        ["imagenet", "random"],
-        format_func={"imagenet": "ImageNet (pretrained)", "random": "Random (no pretraining)"}.get,
+        backbones.WEIGHTS_CHOICES,
+        index=backbones.WEIGHTS_CHOICES.index(RUN.weights),
+        format_func=lambda w: WEIGHTS_LABELS.get(w, w),
         horizontal=True,
     )
     c1, c2 = st.columns(2)
-    learning_rate = c1.number_input("Learning rate", 0.0001, 10.0, 0.01, step=0.005, format="%.4f")
-    steps = c2.number_input("Training steps", 1, 100_000, 4000, step=100)
-    batch_size = c1.number_input("Batch size", 1, 10_000, 100, step=10)
-    eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, 10)
-    validation = c1.number_input("Validation %", 0, 90, st.session_state.get("validation_percentage", 10))
-    testing = c2.number_input("Test %", 0, 90, st.session_state.get("testing_percentage", 10))
+    learning_rate = c1.number_input(
+        "Learning rate", 0.0001, MAX_LEARNING_RATE, TRAIN.learning_rate, step=0.005, format="%.4f"
+    )
+    steps = c2.number_input("Training steps", 1, 100_000, TRAIN.steps, step=100)
+    batch_size = c1.number_input("Batch size", 1, 10_000, TRAIN.batch_size, step=10)
+    eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, TRAIN.eval_interval)
+    validation = c1.number_input(
+        "Validation %", 0, 90, st.session_state.get("validation_percentage", RUN.validation_percentage)
+    )
+    testing = c2.number_input(
+        "Test %", 0, 90, st.session_state.get("testing_percentage", RUN.testing_percentage)
+    )
     with st.expander("Advanced: optimizer, fine-tuning, distortions"):
-        optimizer = st.radio("Optimizer", ["sgd", "adam"], horizontal=True)
-        seed = st.number_input("Seed", 0, 2**31 - 1, 0)
+        optimizer = st.radio(
+            "Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(TRAIN.optimizer), horizontal=True
+        )
+        seed = st.number_input("Seed", 0, 2**31 - 1, TRAIN.seed)
         fine_tune_layers = st.number_input(
             "Fine-tune: unfreeze top layers",
             0,
             500,
-            int(st.session_state.get("train_fine_tune_layers") or 0),
+            int(st.session_state.get("train_fine_tune_layers") or TRAIN.fine_tune_layers),
             help="0 trains the head only (fast, uses the cache)",
         )
-        fine_tune_steps = st.number_input("Fine-tune steps", 1, 100_000, 100)
-        flip = st.checkbox("Distort: flip left-right")
-        random_crop = st.slider("Distort: random crop %", 0, 50, 0)
-        random_scale = st.slider("Distort: random scale %", 0, 50, 0)
-        random_brightness = st.slider("Distort: random brightness %", 0, 50, 0)
+        fine_tune_steps = st.number_input("Fine-tune steps", 1, 100_000, TRAIN.fine_tune_steps)
+        flip = st.checkbox("Distort: flip left-right", TRAIN.flip_left_right)
+        random_crop = st.slider("Distort: random crop %", 0, 50, TRAIN.random_crop)
+        random_scale = st.slider("Distort: random scale %", 0, 50, TRAIN.random_scale)
+        random_brightness = st.slider("Distort: random brightness %", 0, 50, TRAIN.random_brightness)
     # a fixed placeholder: a changing one would make Streamlit treat it as a new, empty widget
     name = st.text_input("Run name (optional)", placeholder="default: <backbone> lr=<rate>", key="train_name")
     if weights == "imagenet" and not backbones.weights_cached(architecture):

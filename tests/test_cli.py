@@ -131,5 +131,6 @@ def test_parse_list_is_shared_by_cli_and_pages():
     assert parse_list(" 0.005, 0.01;0.1 ,, ", float) == [0.005, 0.01, 0.1]
     assert parse_list("flowers,beans;", str) == ["flowers", "beans"]
     assert parse_list("", int) == []
-    with pytest.raises(InvalidArgument, match=r"Layer counts must be comma-separated whole numbers, got '2.5'"):
+    expected = "Layer counts must be comma-separated whole numbers, got '2.5'"
+    with pytest.raises(InvalidArgument, match=expected):
         parse_list("0, 2.5", int, "Layer counts")

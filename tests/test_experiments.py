@@ -298,9 +298,14 @@ def test_run_job_freezing_and_dataset_comparison_on_generated_images(lab_home):
     assert [r["classes"] for r in out["rows"]] == [3, 2]
     details = experiments.dataset_details(out["experiment_id"])
     assert [len(d["confusion_matrix"]) for d in details] == [3, 2]
-    assert (
-        "datasets" in experiments.experiment_csv(out["experiment_id"]) or out["rows"][0]["per_class_accuracy"]
-    )
+    table = list(csv.DictReader(io.StringIO(experiments.experiment_csv(out["experiment_id"]))))
+    assert list(table[0]) == list(experiments.DATASET_COLUMNS)
+    assert [(r["source"], r["classes"], r["images"]) for r in table] == [
+        (str(one), "3", "36"),
+        (str(two), "2", "24"),
+    ]
+    for row, detail in zip(table, details, strict=True):  # "daisy=50.0%; rose=n/a; ..." for every class
+        assert [c.split("=")[0] for c in row["per_class_accuracy"].split("; ")] == detail["class_names"]
 
     out = experiments.run_job(
         {"study": "lr_race", "config": asdict(base), "rates": [0.01, 0.5], "target": 0.9, "name": "tiny"}

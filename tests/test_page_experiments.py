@@ -101,7 +101,25 @@ def test_bad_rates_are_refused_with_a_message():
     widget(at.text_input, "Learning rates").set_value("0.1, fast")
     at = widget(at.button, "Start experiment").click().run()
     assert not at.exception
-    assert any("Learning rates must be comma-separated numbers" in e.value for e in at.error)
+    assert any("Learning rates must be comma-separated numbers, got 'fast'" in e.value for e in at.error)
+
+
+def test_freezing_form_defaults_come_from_the_engine(monkeypatch):
+    """An untouched freezing form asks for the engine's layer counts and TrainConfig()'s settings."""
+    from dataclasses import asdict
+
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, params, store=None: started.append(params) or "job-x")
+    at = page("freezing").run()
+    widget(at.button, "Start experiment").click().run()
+    assert not at.exception
+    [params] = started
+    assert params["layers"] == list(experiments.DEFAULT_LAYERS)
+    # the page's one deliberate difference: a study trains several heads, so fewer steps each
+    steps = params["config"]["train"]["steps"]
+    assert steps < TrainConfig().steps
+    expected = RunConfig(source=params["config"]["source"], train=TrainConfig(steps=steps))
+    assert params["config"] == asdict(expected)
 
 
 @pytest.mark.slow

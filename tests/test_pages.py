@@ -205,6 +205,22 @@ def test_train_starts_a_job_that_reaches_the_store(demo_dir):
     assert RunStore().get_history(run.id)
 
 
+def test_train_form_defaults_are_a_runs_defaults(demo_dir, monkeypatch):
+    """Start pressed on an untouched form asks for exactly RunConfig's and TrainConfig()'s defaults."""
+    from dataclasses import asdict
+
+    from engine.runs.retrain import RunConfig
+
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, params, store=None: started.append(params) or "job-x")
+    at = app("train").run()
+    at.session_state["dataset_path"] = str(demo_dir)
+    at.run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception
+    assert started == [asdict(RunConfig(source=str(demo_dir)))]
+
+
 def test_train_refresh_finds_the_running_job(demo_dir):
     from dataclasses import asdict
 

@@ -23,8 +23,8 @@ from engine.training.summaries import NEVER, display
 def _training_options(p: argparse.ArgumentParser, image_dir: bool = True) -> None:
     if image_dir:
         p.add_argument("--image_dir", required=True, help='folder of class subfolders, or "flowers" | "demo"')
-    p.add_argument("--architecture", default=RUN["architecture"], help="a backbone name (see `arch`)")
-    p.add_argument("--weights", default=RUN["weights"], choices=backbones.WEIGHTS_CHOICES)
+    p.add_argument("--architecture", default=RUN.architecture, help="a backbone name (see `arch`)")
+    p.add_argument("--weights", default=RUN.weights, choices=backbones.WEIGHTS_CHOICES)
     p.add_argument("--steps", type=int, default=TRAIN.steps, help="head training steps per run")
     p.add_argument(
         "--learning_rate",
@@ -36,8 +36,8 @@ def _training_options(p: argparse.ArgumentParser, image_dir: bool = True) -> Non
     p.add_argument("--optimizer", default=TRAIN.optimizer, choices=OPTIMIZERS)
     p.add_argument("--batch_size", type=int, default=TRAIN.batch_size)
     p.add_argument("--eval_interval", type=int, default=TRAIN.eval_interval)
-    p.add_argument("--validation_percentage", type=int, default=RUN["validation_percentage"])
-    p.add_argument("--testing_percentage", type=int, default=RUN["testing_percentage"])
+    p.add_argument("--validation_percentage", type=int, default=RUN.validation_percentage)
+    p.add_argument("--testing_percentage", type=int, default=RUN.testing_percentage)
     p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--name", default=None, help="a label for the experiment")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object")

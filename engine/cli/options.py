@@ -7,8 +7,6 @@ list flags are parsed by `engine.params.parse_list`, the parser the pages use to
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
-from typing import Any
 
 from engine.errors import InvalidArgument
 from engine.params import parse_list
@@ -16,7 +14,7 @@ from engine.runs.retrain import RunConfig
 from engine.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 TRAIN = TrainConfig()  # retrain.py's defaults, as every run saves them
-RUN: dict[str, Any] = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+RUN = RunConfig(source="demo")  # only its defaults (backbone, weights, split percentages) are read
 
 __all__ = ["OPTIMIZERS", "RUN", "SCHEDULES", "TRAIN", "floats", "ints", "parse_list"]
 

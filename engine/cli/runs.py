@@ -18,14 +18,14 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--image_dir", required=True, help='folder of class subfolders, or "flowers" | "beans" | "demo"'
     )
-    p.add_argument("--architecture", default=RUN["architecture"], help="a backbone name (see `arch`)")
-    p.add_argument("--weights", default=RUN["weights"], choices=backbones.WEIGHTS_CHOICES)
+    p.add_argument("--architecture", default=RUN.architecture, help="a backbone name (see `arch`)")
+    p.add_argument("--weights", default=RUN.weights, choices=backbones.WEIGHTS_CHOICES)
     p.add_argument("--learning_rate", type=float, default=TRAIN.learning_rate)
     p.add_argument("--how_many_training_steps", type=int, default=TRAIN.steps)
     p.add_argument("--train_batch_size", type=int, default=TRAIN.batch_size)
     p.add_argument("--eval_step_interval", type=int, default=TRAIN.eval_interval)
-    p.add_argument("--testing_percentage", type=int, default=RUN["testing_percentage"])
-    p.add_argument("--validation_percentage", type=int, default=RUN["validation_percentage"])
+    p.add_argument("--testing_percentage", type=int, default=RUN.testing_percentage)
+    p.add_argument("--validation_percentage", type=int, default=RUN.validation_percentage)
     p.add_argument("--optimizer", default=TRAIN.optimizer, choices=OPTIMIZERS)
     p.add_argument(
         "--fine_tune_layers",
