@@ -52,3 +52,21 @@ def test_run_config_round_trips_through_a_dict():
 
     config = RunConfig(source="demo", train={"learning_rate": 0.05, "steps": 30})
     assert RunConfig.from_dict(asdict(config)) == config
+
+
+def test_test_results_score_the_split_and_list_the_mistakes():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from engine.runs.results import test_results
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], np.float32)
+    records = [SimpleNamespace(path=f"img{i}.jpg") for i in range(3)]
+    history = [{"step": 10, "validation_accuracy": 0.4}, {"step": 20, "validation_accuracy": 0.7}]
+    res = test_results(probs, np.array([0, 1, 1]), records, ["a", "b"], history)
+    assert res.test_accuracy == pytest.approx(2 / 3) and res.test_count == 3
+    assert res.misclassified == [{"path": "img2.jpg", "true": "b", "predicted": "a", "probability": 0.6}]
+    assert res.validation_accuracy == 0.7 and res.confusion_matrix == [[1, 0], [1, 1]]
+    empty = test_results(np.zeros((0, 2)), np.array([], int), [], ["a", "b"], history)
+    assert empty.test_accuracy is None and empty.as_dict()["note"] == "The test split is empty."

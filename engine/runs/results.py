@@ -67,3 +67,35 @@ class RunResults:
     def as_dict(self) -> dict[str, Any]:
         """The dict the store keeps (None values left out, except test_accuracy)."""
         return {k: v for k, v in asdict(self).items() if v is not None or k == "test_accuracy"}
+
+
+def test_results(probs, y_test, test_records, class_names: list[str], history: list[dict]) -> RunResults:
+    """Score class probabilities on the test split: accuracy, per class, confusion, the images it got wrong.
+
+    Args:
+        probs: (N, C) probabilities; y_test: (N,) true class indices; test_records: the N image records.
+        history: the run's history rows (the last one becomes `final`).
+    """
+    if len(y_test) == 0:
+        return RunResults(test_accuracy=None, test_count=0, note="The test split is empty.")
+    from engine.training.evaluate import evaluate
+
+    ev = evaluate(probs, y_test, class_names)
+    misclassified = [
+        {
+            "path": rec.path,
+            "true": class_names[int(t)],
+            "predicted": class_names[int(p)],
+            "probability": round(float(probs[i, int(p)]), 4),
+        }
+        for i, (rec, t, p) in enumerate(zip(test_records, y_test, ev.predicted, strict=True))
+        if t != p
+    ]
+    return RunResults(
+        test_accuracy=float(ev.accuracy),
+        test_count=int(len(y_test)),
+        per_class_accuracy=ev.per_class_accuracy,
+        confusion_matrix=ev.confusion,
+        misclassified=misclassified,
+        final=dict(history[-1]) if history else {},
+    )

@@ -11,22 +11,22 @@ import concurrent.futures
 import functools
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from engine.data import datasets
 from engine.errors import Cancelled, InvalidArgument, LabError
-from engine.features import extract as features
+from engine.features import extract
 from engine.features.decode import decode_dataset
 from engine.models import backbones
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 from engine.runs.folder import RunFolder
-from engine.runs.results import RunResults
+from engine.runs.results import test_results
 from engine.training import finetune
 from engine.training.config import TrainConfig
-from engine.training.evaluate import evaluate, head_probabilities
+from engine.training.evaluate import head_probabilities
 from engine.training.head import train_head
 from engine.training.model import assemble_classifier
 
@@ -111,7 +111,7 @@ class Bottlenecks:
 
     config: RunConfig  # the config it was prepared for (source, backbone, weights, split, seed)
     data: datasets.Dataset
-    feats: features.FeatureSet
+    feats: extract.FeatureSet
     labels: np.ndarray  # (N,) class index of each record
     splits: np.ndarray  # (N,) split name of each record
     phases: dict[str, float]  # seconds spent scanning, loading weights and extracting
@@ -159,7 +159,7 @@ def prepare(config: RunConfig, progress=None, cancel=None, phases=None) -> Bottl
             backbones.ensure_weights(config.architecture)
     check_cancel(cancel)
     with phases("extract"):
-        feats = features.extract_features(
+        feats = extract.extract_features(
             data.records,
             config.architecture,
             config.weights,
@@ -167,7 +167,7 @@ def prepare(config: RunConfig, progress=None, cancel=None, phases=None) -> Bottl
             progress=progress,
             cancel=cancel,
         )
-    data = features.drop_skipped(data, feats)  # unreadable images are listed with the dataset's skipped files
+    data = extract.drop_skipped(data, feats)  # unreadable images are listed with the dataset's skipped files
     splits = np.array([r.split for r in data.records])
     if not (splits == "train").any():
         raise LabError(
@@ -293,20 +293,21 @@ def train_and_save(
         test_records = prepared.records("test")
         probs = head_probabilities(head.kernel, head.bias, x_test)
         if tuned is not None:
-            head_results = _evaluate(probs, y_test, test_records, data.classes, history)
+            head_results = test_results(probs, y_test, test_records, data.classes, history)
             probs = _model_probabilities(tuned.model, test_records, config.architecture, len(data.classes))
-        results = _evaluate(probs, y_test, test_records, data.classes, history)
+        results = test_results(probs, y_test, test_records, data.classes, history)
         if tuned is not None:
-            results["fine_tune"] = {
+            fine_tune = {
                 "layers": config.train.fine_tune_layers,
                 "unfrozen_layers": tuned.unfrozen_layers,
                 "trainable_parameters": tuned.trainable_params,
                 "steps": config.train.fine_tune_steps,
                 "seconds": tuned.seconds,
-                "head_test_accuracy": head_results["test_accuracy"],
+                "head_test_accuracy": head_results.test_accuracy,
                 "bypasses_cache": True,
                 "note": tuned.note,
             }
+            results = replace(results, fine_tune=fine_tune)
     emit(progress, "save", 0, 1, "Saving the classifier")
     save = functools.partial(
         _save_and_finish, config, prepared, store, run_id, phases, head, tuned, history, results
@@ -318,7 +319,7 @@ def train_and_save(
         emit(progress, "save", 1, 1, f"Run {run_id} finished", run_id=run_id)
     return RunSummary(
         run_id=run_id,
-        test_accuracy=results.get("test_accuracy"),
+        test_accuracy=results.test_accuracy,
         phases=dict(phases.seconds),
         cache=feats.stats.as_dict(),
     )
@@ -331,19 +332,17 @@ def _save_and_finish(config, prepared, store, run_id, phases, head, tuned, histo
     try:
         with phases("save"):
             _save_artifacts(folder, config, data, head, tuned)
-        results.update(
-            {
-                "dataset": data.summary(),
-                "cache": feats.stats.as_dict(),
-                "phases": phases.seconds,
-                "num_classes": len(data.classes),
-                "class_names": data.classes,
-            }
+        results = replace(
+            results,
+            dataset=data.summary(),
+            cache=feats.stats.as_dict(),
+            phases=dict(phases.seconds),
+            num_classes=len(data.classes),
+            class_names=list(data.classes),
+            # scan and extraction done once for several runs (an experiment)
+            shared_phases={k: v for k, v in prepared.phases.items() if k not in phases.seconds},
         )
-        shared = {k: v for k, v in prepared.phases.items() if k not in phases.seconds}
-        if shared:  # scan and extraction done once for several runs (an experiment)
-            results["shared_phases"] = shared
-        stored = RunResults.from_dict(results).as_dict()
+        stored = results.as_dict()
         folder.write_metrics(history, stored)
         folder.write_environment(store.get_run(run_id).environment)
     except Exception as exc:
@@ -404,35 +403,6 @@ def _model_probabilities(model, records, architecture: str, num_classes: int) ->
     size = backbones.get_backbone(architecture).input_size
     batches = decode_dataset([r.path for r in records], [r.needs_pil for r in records], size)
     return np.concatenate([np.asarray(model(batch, training=False)) for batch in batches])
-
-
-def _evaluate(probs, y_test, test_records, class_names, history) -> dict[str, Any]:
-    if len(y_test) == 0:
-        return {"test_accuracy": None, "test_count": 0, "note": "The test split is empty."}
-    ev = evaluate(probs, y_test, class_names)
-    misclassified = [
-        {
-            "path": rec.path,
-            "true": class_names[int(t)],
-            "predicted": class_names[int(p)],
-            "probability": round(float(probs[i, int(p)]), 4),
-        }
-        for i, (rec, t, p) in enumerate(zip(test_records, y_test, ev.predicted, strict=True))
-        if t != p
-    ]
-    return {
-        "test_accuracy": float(ev.accuracy),
-        "test_count": int(len(y_test)),
-        "per_class_accuracy": ev.per_class_accuracy,
-        "confusion_matrix": ev.confusion,
-        "misclassified": misclassified,
-        "final": history_last(history),
-    }
-
-
-def history_last(history: list[dict]) -> dict[str, Any]:
-    """The last evaluation row of a history (empty dict for none)."""
-    return dict(history[-1]) if history else {}
 
 
 @functools.lru_cache(maxsize=1)
