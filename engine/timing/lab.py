@@ -2,7 +2,7 @@
 
 Phases: JPEG decode + resize, bottleneck extraction (batched forward), head training, single-image
 inference and batch inference, for chosen backbones (MobileNet against InceptionV3). Every report
-carries the machine and software it ran on, is saved under `lab_home()/timings/`, and can be
+carries the machine and software it ran on, is saved under `config.timings_dir()`, and can be
 exported and imported on another machine (a classmate's GPU) as JSON with a validated schema.
 Timing does not depend on weight values, so backbones are built with random weights (no download).
 """
