@@ -22,8 +22,8 @@ from engine.models import backbones
 from engine.progress import ProgressFn, emit
 from engine.runs import retrain as pipeline
 from engine.runs.retrain import RunConfig
-from engine.training import head as training
 from engine.training import summaries
+from engine.training.head import train_head
 
 DEFAULT_RATES = (0.005, 0.01, 0.1, 1.0)
 DEFAULT_TARGET = 0.8  # validation accuracy a race's runs are timed to
@@ -134,7 +134,7 @@ def _warm_up(prepared: pipeline.Bottlenecks, base: RunConfig) -> None:
     """Trace head training once, so the first rate's seconds-to-target do not include the tracing."""
     x, y = prepared.part("train")
     warm = replace(base.train, steps=1, eval_interval=1)
-    training.train_head(x[:2], y[:2], None, None, len(prepared.data.classes), warm)
+    train_head(x[:2], y[:2], None, None, len(prepared.data.classes), warm)
 
 
 def lr_race(
