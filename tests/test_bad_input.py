@@ -1120,3 +1120,86 @@ def test_store_get_run_unknown(run_id, lab_home):
     store = RunStore()
     store.create_run({"architecture": ARCH}, name="one")
     assert_lab_error(lambda: store.get_run(run_id))
+
+
+# === 10. damaged ImageNet weights and planted exports =============================================
+WEIGHTS_ARCH = "mobilenet_0.25_224"
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "assets" / "keras_weights"
+
+
+@pytest.mark.parametrize(
+    "kind", ["zero-bytes", "html-error-page", "hdf5-signature-then-garbage", "truncated-real"]
+)
+def test_retrain_with_damaged_weights_file(kind, good_dataset, capsys):
+    from engine.models import backbones
+
+    path = backbones.weights_path(WEIGHTS_ARCH)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "zero-bytes":
+        path.write_bytes(b"")
+    elif kind == "html-error-page":
+        path.write_bytes(b"<html><body>403 Forbidden</body></html>\n")
+    elif kind == "hdf5-signature-then-garbage":
+        path.write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(4000))
+    else:
+        real = SHARED_WEIGHTS / path.name
+        if not real.is_file():
+            pytest.skip(f"needs the shared offline asset {real}")
+        path.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    res = cli(
+        capsys,
+        "retrain",
+        "--image_dir",
+        good_dataset,
+        "--architecture",
+        WEIGHTS_ARCH,
+        "--weights",
+        "imagenet",
+        "--how_many_training_steps",
+        "5",
+        "--json",
+    )
+    assert_cli_error(res, path.name)
+
+
+@pytest.mark.slow
+def test_planted_export_from_another_run_is_not_used(run_home, tmp_path, capsys):
+    """A tflite file copied into a run's exports/ by someone else is rebuilt or refused, never run."""
+    folder_a, run_a = run_home
+    assert_cli_ok(cli(capsys, "convert", "--run", run_a, "--to", "tflite-fp32", seconds=300))
+    other = tmp_path / "other"
+    for name, colour in (("green", (0, 200, 0)), ("yellow", (220, 220, 0)), ("purple", (150, 0, 150))):
+        corpus.make_class_dir(other / name, colour, prefix=name)
+    res = cli(capsys, "retrain", "--image_dir", other, *TRAIN)
+    assert_cli_ok(res)
+    run_b = res.last_json()["run_id"]
+    folder_b = folder_a.parent / run_b
+    shutil.copytree(folder_a / "exports", folder_b / "exports", dirs_exist_ok=True)
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(image_bytes(seed=21))
+    keras_res = cli(capsys, "classify", "--run", run_b, photo, "--json", "--top_k", "3")
+    assert_cli_ok(keras_res)
+    expected = keras_res.last_json()["results"][0]
+    res = cli(
+        capsys,
+        "classify",
+        "--run",
+        run_b,
+        photo,
+        "--json",
+        "--top_k",
+        "3",
+        "--format",
+        "tflite-fp32",
+        seconds=300,
+    )
+    if res.rc != 0:
+        assert_cli_error(res, "tflite")
+        return
+    assert_cli_ok(res)
+    got = res.last_json()["results"][0]
+    assert got["labels"] == expected["labels"], f"the planted model answered: {got} vs keras {expected}"
+    assert max(abs(a - b) for a, b in zip(got["scores"], expected["scores"], strict=True)) < 1e-3, (
+        got,
+        expected,
+    )
