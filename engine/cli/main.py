@@ -2,7 +2,9 @@
 
 Each command lives in its own module exposing `add_parser(subparsers)`; the parser's `func(args)`
 returns an exit code. Expected failures (LabError) print one line to stderr, no traceback. With
-`--json`, the last line of stdout is one JSON object.
+`--json`, the last line of stdout is one JSON object. What the command modules share lives below
+them: output helpers (`print_json`, the progress bar) in output.py, flag defaults and list types in
+options.py, so no command module imports this one.
 """
 
 from __future__ import annotations
