@@ -285,3 +285,22 @@ def test_block_names_come_from_layer_names_and_the_graph_alone():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["engine.models", "engine.models.block_names"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"", b"[1, 2]", b"[" * 100_000 + b"]" * 100_000, b'{"schema": 0}', b"wrong-shape", b"\xff"],
+    ids=["empty", "list", "deep", "old-schema", "wrong-shape", "not-utf8"],
+)
+def test_a_damaged_architecture_cache_is_rebuilt(damage):
+    name = "mobilenet_0.25_128"
+    architecture.clear_memory(name)  # each test has its own LAB_HOME: write this one's cache file
+    expected = architecture.analyze(name)
+    path = architecture._cache_path(name)
+    data = json.loads(path.read_text())
+    if damage == b"wrong-shape":
+        damage = json.dumps({**data, "records": [{"name": 1}]}).encode()
+    path.write_bytes(damage)
+    architecture.clear_memory(name)
+    assert architecture.analyze(name).macs == expected.macs
+    assert json.loads(path.read_text())["schema"] == data["schema"]  # written anew

@@ -182,14 +182,15 @@ def analyze(name: str) -> Architecture:
     key = path.name  # the structure depends on the Keras version, not on the data directory
     with _LOCK:
         if key not in _MEMORY:
-            data = _read_cache(path)
-            if data is None:
+            arch = _from_cache(backbone, path)
+            if arch is None:
                 data = _build(name)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(data), encoding="utf-8")
                 tmp.replace(path)  # atomic: a reader never sees half a file
-            _MEMORY[key] = _from_data(backbone, data)
+                arch = _from_data(backbone, data)
+            _MEMORY[key] = arch
     arch = _MEMORY[key]
     # the weights file may have been downloaded since the structure was cached
     size = _weights_file_bytes(name)
@@ -212,12 +213,31 @@ def _cache_path(name: str) -> Path:
     return config.architecture_cache_dir() / f"{name}-keras{version}-v{_SCHEMA}.json"
 
 
-def _read_cache(path: Path) -> dict | None:
+# what reading a damaged or hand-edited cache file can raise (JSON errors are ValueErrors; deep nesting
+# is a RecursionError; wrong shapes fail in _from_data)
+_DAMAGED = (
+    OSError,
+    ValueError,
+    RecursionError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    StopIteration,
+)
+
+
+def _from_cache(backbone: backbones.Backbone, path: Path) -> Architecture | None:
+    """The cached analysis, or None (then it is rebuilt) when missing, of another schema or damaged."""
     try:
+        if not path.is_file() or path.stat().st_size > 50_000_000:
+            return None
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if data.get("schema") == _SCHEMA else None
+        if not isinstance(data, dict) or data.get("schema") != _SCHEMA:
+            return None
+        return _from_data(backbone, data)
+    except _DAMAGED:
+        return None  # a file edited or cut short by hand: the model itself is the source of truth
 
 
 def _weights_file_bytes(name: str) -> int | None:
