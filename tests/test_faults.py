@@ -125,6 +125,10 @@ def test_kill_9_in_each_phase(phase, big_dataset, lab_home, tmp_path):
     assert len(runs) == 1, runs
     (run_id, run) = next(iter(runs.items()))
     assert run["status"] == "interrupted", run
+    from engine.runs.store import RunStore
+
+    ended = set(RunStore().get_run(run_id).phases)
+    assert phase not in ended, f"the kill came after {phase} ended (phases recorded: {sorted(ended)})"
     model = lab_home / "runs" / run_id / "model.keras"
     photo = tmp_path / "p.jpg"
     photo.write_bytes(image_bytes(seed=1))
