@@ -179,7 +179,42 @@ def find_flips(records, labels, predictions: dict[str, np.ndarray], class_names)
     return flips
 
 
+MAX_COMPARISON_BYTES = 20_000_000  # rows per format plus one entry per flipped test image
+
+
 def load_comparison(run_id: str, store=None) -> dict[str, Any] | None:
-    """The last saved comparison of a run, or None."""
+    """The last saved comparison of a run, or None.
+
+    Raises:
+        LabError: the file is there but damaged or edited into another shape (a run folder is
+            untrusted once it travels); the message names it and how to write it anew.
+    """
     path = convert.open_run(run_id, store).exports / "comparison.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.exists():
+        return None
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_COMPARISON_BYTES:
+            raise ValueError("not a regular file of a sane size")
+        report = json.loads(path.read_text(encoding="utf-8"))
+        _check_comparison(report)
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise LabError(
+            f"The saved comparison {path} is damaged ({reason}): measure the formats again to rewrite it"
+        ) from None
+    return report
+
+
+def _check_comparison(report: Any) -> None:
+    """The shape the Convert page reads; raises ValueError naming the first field that is off."""
+    if not isinstance(report, dict):
+        raise ValueError("the top level is not an object")
+    if not isinstance(report.get("test_count"), int) or not isinstance(report.get("machine"), dict):
+        raise ValueError("'test_count' or 'machine' is missing")
+    rows, flips = report.get("rows"), report.get("flips")
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("status"), str) for r in rows
+    ):
+        raise ValueError("'rows' is not a list of rows with a status")
+    if not isinstance(flips, list) or not all(isinstance(f, dict) for f in flips):
+        raise ValueError("'flips' is not a list of objects")
