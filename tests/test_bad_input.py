@@ -1203,3 +1203,98 @@ def test_planted_export_from_another_run_is_not_used(run_home, tmp_path, capsys)
         got,
         expected,
     )
+
+
+# === 11. odd names, saved files and data folders the lab reads back ===============================
+@pytest.mark.parametrize(
+    "name",
+    ["two\nlines", "\x1b[2Jclear", "tab\there", "x" * 5000],
+    ids=["newline", "escape", "tab", "5000-chars"],
+)
+def test_retrain_run_name(name, good_dataset, capsys):
+    res = cli(capsys, "retrain", "--image_dir", good_dataset, *TRAIN, "--name", name)
+    if res.rc != 0:
+        assert_cli_error(res, "name")
+        return
+    assert_cli_ok(res)
+    listing = cli(capsys, "runs", "--json")
+    assert_cli_ok(listing)
+    table = listing.out.strip().splitlines()[:-1]  # the human table, then the JSON line
+    assert len(table) == 1, f"one run printed as {len(table)} lines: {table!r}"
+    assert not CONTROL & set(table[0]), f"a control character reached the terminal: {table[0]!r}"
+
+
+@pytest.mark.parametrize("kind", ["deep-json", "not-json", "fifo", "folder"])
+def test_saved_timings_that_went_bad(kind, lab_home):
+    from engine.timing import lab
+
+    good = lab.import_timings(corpus.to_bytes(corpus.timings_report()))
+    bad = lab.timings_dir() / "20200101-000000-bad.json"
+    if kind == "deep-json":
+        bad.write_bytes(corpus.deep_json(200_000))
+    elif kind == "not-json":
+        bad.write_bytes(b"\xff\xfe garbage")
+    elif kind == "fifo":
+        os.mkfifo(bad)
+    else:
+        bad.mkdir()
+    listed, err = call_or_lab_error(lab.list_timings, 20, unblock=[bad])
+    assert err is None, f"one bad saved file broke the list: {err}"
+    assert [r["id"] for r in listed] == [good["id"]]
+    assert_lab_error(lambda: lab.load_timings(bad.stem), bad.stem, seconds=20, unblock=[bad])
+
+
+@pytest.mark.parametrize("kind", ["runs-is-a-file", "datasets-is-a-file", "cache-is-a-file"])
+def test_retrain_when_a_lab_folder_is_a_file(kind, lab_home, good_dataset, capsys):
+    lab_home.mkdir(parents=True, exist_ok=True)
+    blocker = lab_home / kind.split("-", 1)[0]
+    blocker.write_text("in the way\n")
+    source = "demo" if kind == "datasets-is-a-file" else good_dataset  # only named sources live there
+    res = cli(capsys, "retrain", "--image_dir", source, *TRAIN)
+    assert_cli_error(res, blocker.name)
+    assert blocker.read_text() == "in the way\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-loop", "dangling-link", "file", "unreadable-listing"])
+def test_stored_datasets_with_odd_entries(kind, lab_home):
+    from engine import config
+    from engine.data.uploads import save_class_images, stored_datasets
+
+    save_class_images("fine", {"red": [("a.jpg", GOOD)], "blue": [("b.jpg", GOOD)]})
+    root = config.datasets_dir()
+    odd = root / "odd"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "symlink-loop":
+        odd.symlink_to("odd")
+    elif kind == "dangling-link":
+        odd.symlink_to("/no/such/folder")
+    elif kind == "file":
+        odd.write_text("x")
+    else:
+        odd.mkdir()
+        (odd / "red").mkdir()
+        odd.chmod(0)
+    found, err = call_or_lab_error(stored_datasets, 20, unblock=[odd])
+    assert err is None, f"one odd entry hid every dataset: {err}"
+    assert "uploads/fine" in found, found
+
+
+def test_uploads_quota_bounds_the_folder_as_a_whole(uploads_state, monkeypatch):
+    from engine.data import archives
+    from engine.data.uploads import save_class_images
+
+    if not hasattr(archives, "UPLOADS_QUOTA_BYTES"):
+        pytest.fail("no bound on the uploads folder as a whole (archives.UPLOADS_QUOTA_BYTES)")
+    uploads, keep, before = uploads_state
+    monkeypatch.setattr(archives, "UPLOADS_QUOTA_BYTES", archives.folder_bytes(uploads) + 4096)
+    big = zip_bytes(
+        [(f"{c}/{c}_{i}.jpg", image_bytes(seed=300 + i, size=64)) for c in ("x", "y") for i in range(20)]
+    )
+    assert_lab_error(lambda: archives.extract_zip(big, "more"))
+    assert not (uploads / "more").exists()
+    files = {"red": [(f"q{i}.jpg", image_bytes(seed=700 + i, size=64)) for i in range(20)]}
+    result, err = call_or_lab_error(lambda: save_class_images("more", files))
+    if err is None:
+        assert archives.folder_bytes(uploads) <= archives.UPLOADS_QUOTA_BYTES + 64 * 1024, result
+    assert corpus.snapshot(keep) == before
