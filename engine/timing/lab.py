@@ -286,9 +286,14 @@ def _read_bounded(path: Path) -> bytes:
 
 
 def _read_report(path: Path) -> dict[str, Any]:
+    """A saved report, or a TimingsError that names the file (a saved file may be edited by hand)."""
     from engine.timing.report import parse_report
 
-    return validate_timings(parse_report(_read_bounded(path), TimingsError, MAX_IMPORT_BYTES))
+    data = _read_bounded(path)
+    try:
+        return validate_timings(parse_report(data, TimingsError, MAX_IMPORT_BYTES))
+    except TimingsError as exc:
+        raise TimingsError(f"{path}: {exc}") from None
 
 
 def import_timings(data: bytes | str | Path, label: str | None = None) -> dict[str, Any]:
