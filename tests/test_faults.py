@@ -436,3 +436,62 @@ def test_offline_retrain_flowers_cli(black_hole_dns, capsys):
     res = cli(capsys, "retrain", "--image_dir", "flowers", "--json", seconds=60)
     assert_cli_error(res, "flower")
     assert time.monotonic() - start < 20
+
+
+# === jobs =========================================================================================
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["at-once", "after-1s"])
+def test_cancel_a_retrain_job_during_start_up(when, lab_home, tmp_path):
+    from dataclasses import asdict
+
+    from engine.jobs import queue
+    from engine.runs.retrain import RunConfig
+    from engine.runs.store import RunStore
+    from engine.training.head import TrainConfig
+
+    data = corpus.make_dataset(tmp_path / "ds")
+    params = asdict(
+        RunConfig(source=str(data), architecture=ARCH, weights="random", train=TrainConfig(steps=5))
+    )
+    job_id = queue.start_job("retrain", params)
+    if when == "after-1s":
+        time.sleep(1)
+    queue.cancel_job(job_id)
+    deadline = time.monotonic() + 120
+    while queue.get_job(job_id).active:
+        assert time.monotonic() < deadline, "a cancelled job was still active after 120 s"
+        time.sleep(0.2)
+    job = queue.get_job(job_id)
+    assert job.status == "cancelled", f"{job.status}: {job.error}"
+    statuses = {run.status for run in RunStore().list_runs()}
+    if "running" in statuses:  # the worker may still be writing the run's end: give it a moment
+        time.sleep(10)
+        late = {run.status for run in RunStore().list_runs()}
+        pytest.fail(f"the job is cancelled but its run is still running (10 s later: {late})")
+    assert statuses <= {"cancelled"}, f"runs of a cancelled job: {statuses}"
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_job_worker(lab_home, big_dataset):
+    from dataclasses import asdict
+
+    from engine.jobs import queue
+    from engine.runs.retrain import RunConfig
+    from engine.training.head import TrainConfig
+
+    params = asdict(
+        RunConfig(source=str(big_dataset), architecture=ARCH, weights="random", train=TrainConfig(steps=4000))
+    )
+    job_id = queue.start_job("retrain", params)
+    deadline = time.monotonic() + 180
+    while (job := queue.get_job(job_id)).phase not in ("extract", "train"):
+        assert job.active and time.monotonic() < deadline, f"{job.status} {job.phase}: {job.error}"
+        time.sleep(0.1)
+    os.killpg(job.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while queue.get_job(job_id).active:
+        assert time.monotonic() < deadline, "a killed worker's job is still active"
+        time.sleep(0.2)
+    assert queue.get_job(job_id).status == "interrupted"
+    runs = runs_json()
+    assert [r["status"] for r in runs.values()] == ["interrupted"], runs
