@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
@@ -169,3 +171,47 @@ def ago(timestamp: float | None) -> str:
     if not timestamp:
         return "—"
     return fmt_seconds(time.time() - timestamp) + " ago"
+
+
+# query parameter -> the url path of the page that opens at that item (st.Page's default: the file stem)
+LINK_PAGES = {"run": "runs", "experiment": "experiments"}
+
+
+def link_url(param: str, value) -> str:
+    """The address that opens the page for `param` at `value`, e.g. http://host:8501/runs?run=ID.
+
+    The scheme and host come from the browser's own address (st.context.url), so the link works for whoever
+    the lab is served to; without one (AppTest) it is a root-relative path.
+    """
+    page = LINK_PAGES.get(param, "")
+    query = urlencode({param: str(value)})
+    base_path = (st.get_option("server.baseUrlPath") or "").strip("/")
+    path = "/".join(part for part in (base_path, page) if part)
+    url = getattr(st.context, "url", None) or ""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+    return f"{origin}/{path}?{query}"
+
+
+def copy_link(param: str, value, key: str | None = None) -> str:
+    """A "Copy link" button: opens the item's address with a copy icon (st.code). Returns the URL."""
+    url = link_url(param, value)
+    with st.popover("Copy link", icon=":material/link:", key=key):
+        st.caption("Anyone who can reach this lab opens the same view with:")
+        st.code(url, language=None, wrap_lines=True)
+    return url
+
+
+def query_selection(param: str, options: Iterable):
+    """The option named by `?param=` in the address, or None (absent, or not among the options).
+
+    Options are compared as text, so `?run=12` picks the option 12 as well as "12"; the option itself
+    is returned (same type), ready for a selectbox's index.
+    """
+    wanted = st.query_params.get(param)
+    if wanted is None:
+        return None
+    for option in options:
+        if str(option) == wanted:
+            return option
+    return None
