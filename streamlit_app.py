@@ -39,14 +39,28 @@ def main() -> None:
         layout="wide",
         initial_sidebar_state="expanded",
     )
-    page = st.navigation(
-        [
-            st.Page(file, title=title, icon=icon, default=(i == 0))
-            for i, (file, title, icon) in enumerate(available_pages())
-        ]
-    )
+    pages = {
+        file: st.Page(file, title=title, icon=icon, default=(i == 0))
+        for i, (file, title, icon) in enumerate(available_pages())
+    }
+    page = st.navigation(list(pages.values()))
+    follow_link(page, pages)
     sidebar()
     page.run()
+
+
+# a shared link from the home address (`/?run=ID`) opens the page that shows that item
+LINK_TARGETS = {"run": "dashboard/runs.py", "experiment": "dashboard/experiments.py"}
+
+
+def follow_link(page, pages: dict) -> None:
+    """On the home page, `?run=ID` / `?experiment=ID` switch to Runs / Experiments, keeping the query."""
+    if page.url_path:  # not the home page
+        return
+    for param, file in LINK_TARGETS.items():
+        value = st.query_params.get(param)
+        if value and file in pages:
+            st.switch_page(pages[file], query_params={param: value})
 
 
 if (
