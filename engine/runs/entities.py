@@ -47,7 +47,15 @@ class Run:
     environment: dict[str, Any]
     results: dict[str, Any]
     error: str | None
+    author: str | None = None  # display name of who started it (None: unknown)
+    # for a run imported from a bundle: {"from", "original_run_id", "bundle_sha256", "imported_at"}
+    origin: dict[str, Any] | None = None
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+    @property
+    def imported(self) -> bool:
+        """True for a run imported from a bundle (see `origin`)."""
+        return self.origin is not None
 
     @property
     def duration(self) -> float | None:
@@ -112,6 +120,7 @@ def run_from_row(row: Mapping[str, Any], phases: dict[str, float]) -> Run:
     values = dict(row)
     for key in ("config", "environment", "results"):
         values[key] = json.loads(values[key])
+    values["origin"] = None if values.get("origin") is None else json.loads(values["origin"])
     return Run(**values, phases=phases)
 
 

@@ -82,6 +82,11 @@ _MIGRATIONS = (
         run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, relpath TEXT NOT NULL,
         sha256 TEXT NOT NULL, recorded REAL NOT NULL, PRIMARY KEY (run_id, relpath));
     """,
+    # 3: who started a run (a display name) and, for a run imported from a bundle, where it came from (JSON)
+    """
+    ALTER TABLE runs ADD COLUMN author TEXT;
+    ALTER TABLE runs ADD COLUMN origin TEXT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -269,17 +274,30 @@ class RunStore:
         kind: str = "retrain",
         name: str | None = None,
         experiment_id: str | None = None,
+        *,
+        author: str | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> Run:
-        """Record a run started by this process (status running) and create its folder."""
+        """Record a run started by this process (status running) and create its folder.
+
+        Args:
+            config: The run's configuration (JSON data).
+            kind: What the run does (`retrain`, `bench`, ...).
+            name: A display name (default: kind and id).
+            experiment_id: The experiment the run belongs to, if any.
+            author: The display name of who started it (None: unknown).
+            origin: For a run imported from a bundle, where it came from (`engine.runs.share` writes
+                `from`, `original_run_id`, `bundle_sha256`, `imported_at`); None for a local run.
+        """
         if experiment_id is not None:
             self.get_experiment(experiment_id)  # fail with a clear message, not a foreign-key error
         run_id, now = new_id(), time.time()
         with self.write() as conn:
             conn.execute(
                 "INSERT INTO runs (id, name, kind, experiment_id, status, created, started, pid, hostname,"
-                " heartbeat, config) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                " heartbeat, config, author, origin) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, name or f"{kind} {run_id}", kind, experiment_id, now, now, os.getpid(), hostname(),
-                 now, to_json(config)),
+                 now, to_json(config), author, None if origin is None else to_json(origin)),
             )  # fmt: skip
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         return self.get_run(run_id)
@@ -392,6 +410,16 @@ class RunStore:
                 args.append(value)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
         return self._runs(self._query(sql + " ORDER BY id DESC", args))
+
+    def find_imported_run(self, bundle_sha256: str, original_run_id: str, author: str | None) -> Run | None:
+        """The run imported from this bundle (same content hash, or same original run and author), if any."""
+        for row in self._query("SELECT * FROM runs WHERE origin IS NOT NULL ORDER BY id"):
+            origin = json.loads(row["origin"])
+            if origin.get("bundle_sha256") == bundle_sha256 or (
+                origin.get("original_run_id") == original_run_id and origin.get("from") == author
+            ):
+                return self._runs([row])[0]
+        return None
 
     def get_history(self, run_id: str, phase: str | None = None) -> list[dict[str, Any]]:
         """Metric rows of a run in the order logged (`pandas.DataFrame(rows)` makes a table)."""
