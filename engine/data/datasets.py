@@ -40,6 +40,7 @@ __all__ = [
     "SkippedFile",
     "assign_split",
     "check_percentages",
+    "dataset_fingerprint",
     "download_beans",
     "download_flowers",
     "extract_zip",
@@ -160,7 +161,37 @@ class Dataset:
                 }
                 for g in self.duplicates
             ],
+            "fingerprint": dataset_fingerprint(self),
         }
+
+
+def dataset_fingerprint(data: Dataset) -> dict[str, Any]:
+    """What identifies a dataset and its split wherever it is stored (paths and folder names left out).
+
+    Two runs are comparable when their `split_hash` is equal: the same image bytes under the same
+    class names in the same splits. `content_hash` ignores the split (same images, other percentages).
+
+    Returns:
+        {"classes", "counts" ({label: {split: n}}), "num_images", "validation_percentage",
+        "testing_percentage", "content_hash", "split_hash"}; hashes are sha256 hex over sorted lines of
+        `label<TAB>file sha256` (content) and `label<TAB>split<TAB>file sha256` (split). A record whose
+        hash was not computed counts by its base name instead.
+    """
+    content, split = hashlib.sha256(), hashlib.sha256()
+    keyed = sorted((r.label, r.split, r.sha256 or "name:" + Path(r.path).name) for r in data.records)
+    for label, digest in sorted((label, digest) for label, _, digest in keyed):
+        content.update(f"{label}\t{digest}\n".encode("utf-8", "surrogateescape"))
+    for label, part, digest in keyed:
+        split.update(f"{label}\t{part}\t{digest}\n".encode("utf-8", "surrogateescape"))
+    return {
+        "classes": list(data.classes),
+        "counts": data.counts(),
+        "num_images": len(data.records),
+        "validation_percentage": data.validation_percentage,
+        "testing_percentage": data.testing_percentage,
+        "content_hash": content.hexdigest(),
+        "split_hash": split.hexdigest(),
+    }
 
 
 def check_percentages(validation_percentage: float, testing_percentage: float) -> tuple[float, float]:
