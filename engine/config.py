@@ -140,3 +140,43 @@ def serve_mode() -> str:
     if mode not in SERVE_MODES:
         raise LabError(f"LAB_SERVE_MODE must be one of {', '.join(SERVE_MODES)}, got LAB_SERVE_MODE={mode!r}")
     return mode
+
+
+def _whole_number_setting(name: str, default: int, minimum: int) -> int:
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise LabError(f"{name} must be a whole number >= {minimum}, got {name}={raw!r}")
+    return value
+
+
+def max_jobs() -> int:
+    """`$LAB_MAX_JOBS`: how many jobs run at once on this machine; the rest wait in line.
+
+    Default: half the usable cores, at least 1 (a training job keeps about two cores busy).
+
+    Raises:
+        LabError: a value that is not a whole number >= 1.
+    """
+    from engine.machine import usable_cores  # the ground's other module; imported late, it reads /proc
+
+    return _whole_number_setting("LAB_MAX_JOBS", max(1, usable_cores() // 2), 1)
+
+
+DEFAULT_USER_QUOTA_MB = 500  # a class of 30 uploading flower-sized sets stays under the uploads quota
+
+
+def user_quota_bytes() -> int | None:
+    """`$LAB_USER_QUOTA_MB` in bytes: what one display name may upload in class mode; None in local mode.
+
+    Raises:
+        LabError: a value that is not a whole number >= 0, or a bad `LAB_SERVE_MODE`.
+    """
+    if serve_mode() != "class":
+        return None
+    return _whole_number_setting("LAB_USER_QUOTA_MB", DEFAULT_USER_QUOTA_MB, 0) * 1024**2

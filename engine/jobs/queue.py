@@ -4,6 +4,11 @@ A job is a row in the run store's `jobs` table, written by the worker (`python -
 and polled by whoever shows it. The worker runs in its own session, so a Streamlit rerun or a
 closed browser tab does not stop it, and a new session finds it again with
 `list_jobs(active_only=True)`. A job whose worker died is reported as interrupted.
+
+The queue is bounded: at most `config.max_jobs()` (`LAB_MAX_JOBS`) jobs of this machine run at once;
+the others wait as "queued" with their place in line (`queue_position`). There is no daemon: whenever a
+job is started, polled or ends, `fill_slots` lets the store hand free slots to the oldest waiting jobs
+(one transaction) and starts their workers. A dead worker's slot is freed when it is reconciled.
 """
 
 from __future__ import annotations
@@ -33,10 +38,14 @@ __all__ = [
     "Job",
     "cancel_job",
     "count_job",
+    "fill_slots",
     "get_job",
     "job_dir",
     "job_log",
     "list_jobs",
+    "queue_position",
+    "queue_positions",
+    "queue_seconds",
     "resolve_kind",
     "start_job",
 ]
@@ -70,7 +79,7 @@ def job_log(job_id: str, store: RunStore | None = None, max_chars: int = 20_000)
 
 
 def start_job(kind: str, params: dict[str, Any], store: RunStore | None = None) -> str:
-    """Start a job in a detached worker process and return its id at once.
+    """Queue a job and return its id at once; it runs in a detached worker process when a slot is free.
 
     Args:
         kind: A key of JOB_KINDS.
@@ -79,13 +88,60 @@ def start_job(kind: str, params: dict[str, Any], store: RunStore | None = None) 
 
     Raises:
         InvalidArgument: Unknown kind or params that are not JSON-able.
+        LabError: Its worker could not be started (the job is recorded as failed), or a bad
+            `LAB_MAX_JOBS`.
     """
     store = store or RunStore()
     if kind not in JOB_KINDS:
         raise InvalidArgument(f"Unknown job kind {kind!r}; valid kinds: {', '.join(sorted(JOB_KINDS))}")
+    limit = config.max_jobs()  # a bad setting fails before anything is queued
     job_id = store.create_job(kind, params).id
-    _spawn_worker(job_id, store)
+    failures = _fill(store, limit)
+    if job_id in failures:
+        raise failures[job_id]
     return job_id
+
+
+def fill_slots(store: RunStore | None = None) -> list[str]:
+    """Give free slots to the oldest waiting jobs and start their workers; returns the ids started.
+
+    Called when a job is started, polled or ends. A worker that cannot be started fails its job
+    (with the reason) and the next one in line gets the slot.
+    """
+    store = store or RunStore()
+    started: list[str] = []
+    failures = _fill(store, config.max_jobs(), started)
+    return [job_id for job_id in started if job_id not in failures]
+
+
+def _fill(store: RunStore, limit: int, started: list[str] | None = None) -> dict[str, LabError]:
+    failures: dict[str, LabError] = {}
+    while True:
+        promoted = store.promote_jobs(limit)
+        for job_id in promoted:
+            try:
+                _spawn_worker(job_id, store)
+            except LabError as exc:  # recorded on the job; its slot is free again
+                failures[job_id] = exc
+            if started is not None:
+                started.append(job_id)
+        if not promoted or not any(job_id in failures for job_id in promoted):
+            return failures
+
+
+def queue_positions(store: RunStore | None = None) -> dict[str, int]:
+    """Jobs waiting for a slot on this machine -> their place in line (1 = next)."""
+    return (store or RunStore()).queue_positions()
+
+
+def queue_position(job_id: str, store: RunStore | None = None) -> int | None:
+    """A waiting job's place in line (1 = next to run); None once it has a slot or has ended."""
+    return queue_positions(store).get(job_id)
+
+
+def queue_seconds(job: Job) -> float | None:
+    """Seconds the job waited from submission until it got a slot; None while it still waits."""
+    return None if job.started is None else max(0.0, job.started - job.created)
 
 
 def _spawn_worker(job_id: str, store: RunStore) -> None:
@@ -117,13 +173,18 @@ def get_job(job_id: str, store: RunStore | None = None) -> Job:
     """The job with this id; raises NotFound.
 
     An active job whose worker died is reported interrupted, or cancelled when a cancel was asked for.
+    Polling also fills free slots (a slot freed by a dead worker goes to the next job in line).
     """
-    return (store or RunStore()).get_job(job_id)
+    store = store or RunStore()
+    fill_slots(store)
+    return store.get_job(job_id)
 
 
 def list_jobs(active_only: bool = False, store: RunStore | None = None, limit: int = 200) -> list[Job]:
     """Jobs, newest first; with `active_only` just the queued and running ones (after reconciling)."""
-    return (store or RunStore()).list_jobs(active_only=active_only, limit=limit)
+    store = store or RunStore()
+    fill_slots(store)
+    return store.list_jobs(active_only=active_only, limit=limit)
 
 
 def cancel_job(
@@ -142,12 +203,15 @@ def cancel_job(
             a page can return at once.
 
     Returns:
-        The job as it is now (still running unless `wait` or it was not running).
+        The job as it is now (still running unless `wait` or it was not running). A job still
+        waiting for a slot is cancelled at once and never starts.
     """
     store = store or RunStore()
     job = get_job(job_id, store)
     if not job.active:
         return job
+    if store.cancel_waiting_job(job_id):
+        return store.get_job(job_id)
     store.request_cancel(job_id)
     enforce = threading.Thread(target=_enforce_cancel, args=(job_id, store.path, grace_seconds), daemon=True)
     enforce.start()

@@ -1,8 +1,9 @@
 """The job worker process: `python -m engine.jobs.worker JOB_ID [--db PATH]`, started by `jobs.start_job`.
 
 It runs the job kind's function and turns its progress events into throttled job-row updates
-(with an ETA), answers the cancel check from the job's cancel flag, and records how the job
-ended. Users see one-line messages; tracebacks go to the job's log (this process's stdout).
+(with an ETA), answers the cancel check from the job's cancel flag, records how the job
+ended, and hands its queue slot to the next job in line. Users see one-line messages; tracebacks go to
+the job's log (this process's stdout).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import traceback
 from typing import Any
 
 from engine.errors import Cancelled, LabError, NotFound
-from engine.jobs.queue import LOG_NAME, job_dir, resolve_kind
+from engine.jobs.queue import LOG_NAME, fill_slots, job_dir, resolve_kind
 from engine.runs.store import RunStore
 
 log = logging.getLogger("engine.jobs.worker")
@@ -177,7 +178,19 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled as exc:  # SIGTERM before the job's own handling began (e.g. while it was claimed)
         store.finish_job(args.job_id, "cancelled", error=str(exc), only_if_active=True)
         status = "cancelled"
+    _hand_on_slot(store)
     return 0 if status == "finished" else 1
+
+
+def _hand_on_slot(store: RunStore) -> None:
+    """Start the next job in line now that this one's slot is free (no daemon does it)."""
+    try:
+        started = fill_slots(store)
+    except Exception:  # the next poll fills the slot anyway; never turn a finished job into a crash
+        log.exception("could not start the next queued job")
+        return
+    if started:
+        log.info("started the next queued job(s): %s", ", ".join(started))
 
 
 if __name__ == "__main__":

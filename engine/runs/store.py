@@ -43,6 +43,8 @@ METRIC_COLUMNS = HISTORY_KEYS  # the metrics table's columns are the history row
 # A process on another host cannot be probed; without a heartbeat this long we call it gone.
 STALE_HEARTBEAT_SECONDS = 120.0
 BUSY_TIMEOUT_MS = 30_000
+# A job given a queue slot whose worker has not started after this long goes back in line.
+SPAWN_GRACE_SECONDS = 60.0
 
 # Migration i brings the schema from version i to i + 1; append, never edit, to change the schema.
 _MIGRATIONS = (
@@ -481,9 +483,72 @@ class RunStore:
         """Record the worker process started for a job, unless the worker has claimed it already."""
         with self.write() as conn:
             conn.execute(
-                "UPDATE jobs SET pid = ?, started = ? WHERE id = ? AND pid IS NULL",
+                "UPDATE jobs SET pid = ?, started = COALESCE(started, ?) WHERE id = ? AND pid IS NULL",
                 (pid, time.time(), job_id),
             )
+
+    # A job holds one of the host's slots from the moment it is given one (`started` set) until it
+    # ends; a queued job with no `started` waits in line. `started - created` is its queue time.
+    _HOLDS_SLOT = "(status = 'running' OR (status = 'queued' AND started IS NOT NULL))"
+    _WAITING = "status = 'queued' AND started IS NULL"
+
+    def promote_jobs(self, max_jobs: int, spawn_grace: float = SPAWN_GRACE_SECONDS) -> list[str]:
+        """Give the oldest waiting jobs of this host the slots that are free; return their ids.
+
+        At most `max_jobs` jobs of this host hold a slot at once. Dead workers are reconciled first
+        (their slots are freed); a job given a slot whose worker was not started within `spawn_grace`
+        seconds (its starter died) goes back in line. The slots are counted and given in one
+        `BEGIN IMMEDIATE` transaction, so concurrent callers never give out more than `max_jobs`.
+        The caller starts a worker for each id returned (`engine.jobs.queue`).
+        """
+        if isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1:
+            raise InvalidArgument(f"max_jobs must be a whole number >= 1, got max_jobs={max_jobs!r}")
+        host = hostname()
+        if self._one(f"SELECT 1 FROM jobs WHERE hostname = ? AND {self._WAITING} LIMIT 1", (host,)) is None:
+            return []  # the common case of a poll: nobody waits, no write lock taken
+        for row in self._query(f"SELECT * FROM jobs WHERE hostname = ? AND {self._HOLDS_SLOT}", (host,)):
+            self._reconcile_job(row)  # a worker killed -9 frees its slot here
+        now = time.time()
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE jobs SET started = NULL WHERE hostname = ? AND status = 'queued'"
+                " AND started IS NOT NULL AND pid IS NULL AND started < ?",
+                (host, now - spawn_grace),
+            )
+            busy = conn.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE hostname = ? AND {self._HOLDS_SLOT}", (host,)
+            ).fetchone()[0]
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT id FROM jobs WHERE hostname = ? AND {self._WAITING}"
+                    " ORDER BY created, id LIMIT ?",
+                    (host, max(0, max_jobs - busy)),
+                )
+            ]
+            conn.executemany(
+                "UPDATE jobs SET started = ?, updated = ? WHERE id = ?", [(now, now, i) for i in ids]
+            )
+        return ids
+
+    def queue_positions(self) -> dict[str, int]:
+        """Waiting jobs of this host and their place in line (1 = next to get a slot)."""
+        rows = self._query(
+            f"SELECT id FROM jobs WHERE hostname = ? AND {self._WAITING} ORDER BY created, id", (hostname(),)
+        )
+        return {row["id"]: i for i, row in enumerate(rows, start=1)}
+
+    def cancel_waiting_job(self, job_id: str) -> bool:
+        """Cancel a job still waiting in line (it never starts); False if it is not waiting."""
+        now = time.time()
+        with self.write() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET status = 'cancelled', cancel_requested = COALESCE(cancel_requested, ?),"
+                " error = 'Cancelled before it started', eta_seconds = NULL, finished = ?, updated = ?"
+                f" WHERE id = ? AND {self._WAITING}",
+                (now, now, now, job_id),
+            )
+        return cursor.rowcount > 0
 
     def claim_job(self, job_id: str) -> Job | None:
         """Mark a queued job running in this process; None if it is not queued (missing, cancelled, done)."""
