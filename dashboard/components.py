@@ -109,7 +109,9 @@ def fmt_seconds(seconds: float | None) -> str:
 def job_header(job, title: str, key: str) -> bool:
     """A job's status line with a Cancel button; True when this run asked the job to cancel."""
     head, button = st.columns([5, 1], vertical_alignment="center")
-    head.markdown(f"{STATUS_ICONS.get(job.status, '')} {title}")
+    place = jobs.queue_position(job.id, store=cache.store()) if job.status == "queued" else None
+    waiting = f" · waiting for a free slot, {place} in line" if place else ""
+    head.markdown(f"{STATUS_ICONS.get(job.status, '')} {title}{waiting}")
     if job.active and button.button("Cancel", icon=":material/stop_circle:", key=key):
         with guard("Cancelling"):
             jobs.cancel_job(job.id, store=cache.store())
@@ -151,9 +153,11 @@ def _active_jobs() -> None:
         st.caption(":material/check: No jobs running")
         return
     st.markdown(f"**Active jobs ({len(active)})**")
+    places = jobs.queue_positions(store=cache.store())
     for job in active:
         name = job.params.get("name") or job.params.get("architecture") or job.kind
         phase = PHASE_NAMES.get(job.phase, job.phase)
+        phase = f"waiting, {places[job.id]} in line" if job.id in places else phase
         st.progress(job.fraction, text=f"{name}: {phase}")
     page_link("dashboard/train.py", "Follow on Train", ":material/monitoring:")
 
