@@ -17,7 +17,9 @@ import sys
 from engine.errors import LabError
 
 # modules that add a subcommand; a module missing from a partial checkout is skipped
-COMMAND_MODULES = ("engine.cli.runs", "engine.cli.arch", "engine.cli.convert", "engine.cli.experiment")
+COMMAND_MODULES = (
+    "engine.cli.runs", "engine.cli.arch", "engine.cli.convert", "engine.cli.experiment", "engine.cli.report",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
