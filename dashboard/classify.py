@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import guard, plot
+from dashboard.components import guard, plot, run_label
 from engine.models import backbones
 from engine.runs.results import RunResults
 
@@ -33,7 +33,7 @@ with left, st.container(border=True):
         key="classify_kind",
     )
     if kind == "run":
-        labels = {r.id: f"{r.name} · {RunResults.of(r).test_accuracy or 0:.0%} test · {r.id}" for r in runs}
+        labels = {r.id: run_label(r, f"{RunResults.of(r).test_accuracy or 0:.0%} test") for r in runs}
         run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="classify_run")
         if run_id is None:
             st.info(

@@ -177,6 +177,12 @@ def ago(timestamp: float | None) -> str:
     return fmt_seconds(time.time() - timestamp) + " ago"
 
 
+def run_label(run, *details: str) -> str:
+    """How a run is named in pickers: 'name · details · id · author' (author only when known)."""
+    author = getattr(run, "author", None)
+    return " · ".join([run.name, *details, run.id, *([author] if author else [])])
+
+
 # query parameter -> the url path of the page that opens at that item (st.Page's default: the file stem)
 LINK_PAGES = {"run": "runs", "experiment": "experiments"}
 

@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import followed_job, guard, job_header, job_progress, plot
-from engine.export import compare, convert
-from engine.export.runtimes import FORMATS, TENSORRT_FORMATS
+from dashboard.components import followed_job, guard, job_header, job_progress, plot, run_label
+from engine.export import compare, convert, package
+from engine.export.runtimes import FORMATS
 from engine.jobs import queue as jobs
 
 POLL_SECONDS = 1.0
@@ -61,20 +61,30 @@ def exports_panel(run_id: str) -> None:
     with guard("Reading the exports"):
         manifests = convert.list_exports(run_id, store=cache.store())
         st.markdown("**Exports of this run**")
+        st.caption(
+            "Each download is a zip named after the run and format: the model, `labels.txt` (the class "
+            "names, in output order) and a README with the lines that load it. ONNX models also carry "
+            "their labels in their metadata."
+        )
         for m in manifests:
+            fmt = m["format"]
             cols = st.columns([2, 1, 1, 2], vertical_alignment="center")
-            cols[0].markdown(f"`{m['format']}` · {FORMAT_HELP.get(m['format'], '')}")
+            cols[0].markdown(f"`{fmt}` · {FORMAT_HELP.get(fmt, '')}")
             cols[1].markdown(f"{m['size_bytes'] / 1e6:.2f} MB")
             cols[2].markdown(f"{m.get('seconds', 0):.1f} s")
-            if m["format"] in TENSORRT_FORMATS:
-                continue  # engines are built for one GPU: download the ONNX file instead
-            path = convert.download_file(run_id, m["format"], store=cache.store())
+            if fmt not in package.PACKAGE_FORMATS:
+                continue  # TensorRT engines are built for one GPU: download the ONNX file instead
+            file_name = package.package_name(run_id, fmt)
             cols[3].download_button(
-                f"Download {path.name}",
-                data=path.read_bytes(),
-                file_name=f"{run_id}-{path.name}",
-                key=f"dl_{m['format']}",
+                f"Download {fmt}",
+                # built when clicked (checked against the recorded hashes then), not on every rerun
+                data=lambda fmt=fmt: package.download_package(run_id, fmt, store=cache.store())[1],
+                file_name=file_name,
+                mime="application/zip",
+                help=file_name,
+                key=f"dl_{fmt}",
                 icon=":material/download:",
+                on_click="ignore",
             )
 
 
@@ -151,7 +161,7 @@ if not runs:
 
 form, view = st.columns([1, 2], gap="large")
 with form, st.container(border=True):
-    labels = {r.id: f"{r.name} · {r.id}" for r in runs}
+    labels = {r.id: run_label(r) for r in runs}
     run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="convert_run")
     formats = st.multiselect(
         "Formats",

@@ -39,7 +39,7 @@ def run_id(tmp_path_factory):
         model = keras.Model(inputs, keras.layers.Dense(len(LABELS), activation="softmax")(x * 8.0))
         store = RunStore()
         config = {"source": "demo", "architecture": f"mobilenet_0.25_{SIZE}", "weights": "random"}
-        run = store.create_run(config, name="labels run")
+        run = store.create_run(config, name="labels run", author="Ada L.")
         folder = RunFolder(run.id, store)
         folder.save_model(model)
         folder.write_labels(LABELS)
@@ -151,3 +151,16 @@ def test_packages_only_what_the_lab_wrote(run):
         finally:
             path.write_bytes(original)
     assert package.download_package(run, "tflite-fp32")[0].endswith("tflite-fp32.zip")
+
+
+def test_convert_page_offers_named_packages_and_the_author(run):
+    from streamlit.testing.v1 import AppTest
+
+    page = Path(__file__).resolve().parents[1] / "dashboard" / "convert.py"
+    at = AppTest.from_file(str(page), default_timeout=60).run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    picker = at.selectbox(key="convert_run")
+    assert picker.value == run and picker.options == [f"labels run · {run} · Ada L."]
+    buttons = {b.proto.label: b.proto for b in at.get("download_button")}
+    assert set(buttons) == {"Download keras", "Download tflite-fp32", "Download onnx"}
+    assert buttons["Download onnx"].help == f"classifier-lab-{run}-onnx.zip"
