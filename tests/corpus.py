@@ -17,11 +17,15 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from engine.errors import LabError
 
 SIZE = 32
 PER_CLASS = 8
@@ -443,3 +447,92 @@ def bounded(fn: Callable[[], Any], seconds: float, unblock: list[Path] = ()) -> 
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+# --- driving the CLI in-process and checking outcomes -------------------------------------------
+@dataclass
+class Outcome:
+    rc: int | None
+    out: str
+    err: str
+    exc: BaseException | None = None  # an exception that escaped main(): a traceback for a user
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.startswith("error:") or ": error:" in line]
+
+    def describe(self) -> str:
+        escaped = f"{type(self.exc).__name__}: {self.exc}" if self.exc else None
+        return f"rc={self.rc} exception={escaped!r} stderr={self.err[-600:]!r} stdout={self.out[-300:]!r}"
+
+    def last_json(self) -> dict:
+        return json.loads(self.out.strip().splitlines()[-1])
+
+
+def cli(capsys, *args: str, seconds: float = 120, unblock: tuple[Path, ...] = ()) -> Outcome:
+    """Run `python -m engine <args>` in this process, bounded in time."""
+    from engine.cli.main import main
+
+    capsys.readouterr()
+
+    def call():
+        try:
+            return main([str(a) for a in args]), None
+        except SystemExit as exc:  # argparse
+            return (exc.code if isinstance(exc.code, int) else 2), None
+        except Exception as exc:  # noqa: BLE001 - reported as the traceback a user would see
+            return None, exc
+
+    rc, exc = bounded(call, seconds, unblock=list(unblock))
+    captured = capsys.readouterr()
+    return Outcome(rc, captured.out, captured.err, exc)
+
+
+def assert_cli_error(res: Outcome, *needles: str, codes=(2,)) -> str:
+    """Exit code 2 (or `codes`), no traceback, one error line at the end naming every needle."""
+    assert res.exc is None, "traceback: " + res.describe()
+    assert "Traceback" not in res.err, res.describe()
+    assert res.rc in codes, res.describe()
+    lines = res.error_lines()
+    assert len(lines) == 1, "expected one error line: " + res.describe()
+    tail = res.err.rstrip("\n").split(lines[0], 1)[1]
+    assert not tail.strip(), "the error message spans several lines: " + res.describe()
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not named: " + res.describe()
+    return lines[0]
+
+
+def assert_cli_ok(res: Outcome) -> None:
+    assert res.exc is None, "traceback: " + res.describe()
+    assert "Traceback" not in res.err, res.describe()
+    assert res.rc == 0, res.describe()
+
+
+def assert_lab_error(fn, *needles: str, seconds: float = 60, unblock=()) -> LabError:
+    """fn() raises a LabError with a one-line message naming every needle."""
+    try:
+        value = bounded(fn, seconds, unblock=list(unblock))
+    except LabError as exc:
+        text = str(exc)
+        assert text.strip(), f"{type(exc).__name__} with an empty message"
+        assert "\n" not in text, f"multi-line message: {text!r}"
+        for needle in needles:
+            assert needle in text, f"{needle!r} not named in {type(exc).__name__}: {text!r}"
+        return exc
+    except Hang:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"traceback: {type(exc).__name__}: {str(exc)[:400]}")
+    pytest.fail(f"accepted instead of refused; returned {value!r:.300}")
+
+
+def call_or_lab_error(fn, seconds: float = 60, unblock=()):
+    """(value, None) or (None, LabError); any other exception fails the test as a traceback."""
+    try:
+        return bounded(fn, seconds, unblock=list(unblock)), None
+    except LabError as exc:
+        assert "\n" not in str(exc) and str(exc).strip(), f"bad message: {str(exc)!r}"
+        return None, exc
+    except Hang:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"traceback: {type(exc).__name__}: {str(exc)[:400]}")
