@@ -1216,3 +1216,29 @@ def test_uploads_quota_bounds_the_folder_as_a_whole(uploads_state, monkeypatch):
     if err is None:
         assert archives.folder_bytes(uploads) <= archives.UPLOADS_QUOTA_BYTES + 64 * 1024, result
     assert corpus.snapshot(keep) == before
+
+
+@pytest.mark.parametrize("where", ["before-pixels", "after-pixels"])
+def test_png_orientation_tag_applies_the_same_in_training_and_classify(where, tmp_path):
+    """An eXIf orientation chunk rotates the image for classify; training must see the same pixels."""
+    import io
+
+    from PIL import Image
+
+    from engine.data.images import load_image, probe_image
+
+    buf = io.BytesIO()
+    Image.fromarray(corpus.pixels(9, size=32)[:16]).save(buf, "PNG")  # 32 wide, 16 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise
+    raw = exif.tobytes()
+    raw = raw[6:] if raw.startswith(b"Exif\0\0") else raw
+    data = buf.getvalue()
+    chunk = corpus.png_chunk(b"eXIf", raw)
+    at = data.find(b"IDAT") - 4 if where == "before-pixels" else data.find(b"IEND") - 4
+    path = tmp_path / f"{where}.png"
+    path.write_bytes(data[:at] + chunk + data[at:])
+    shown = load_image(path)  # what classify sees
+    info = probe_image(path)
+    if not info.needs_pil:  # training would decode it with TensorFlow, which ignores EXIF
+        assert shown.shape[:2] == (16, 32), f"classify rotates it to {shown.shape[:2]}, training does not"
