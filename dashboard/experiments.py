@@ -6,11 +6,19 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import guard, job_header, job_progress, plot, source_options
+from dashboard.components import (
+    copy_link,
+    guard,
+    job_header,
+    job_progress,
+    plot,
+    query_selection,
+    source_options,
+)
 from engine.jobs import queue as jobs
 from engine.models import backbones
 from engine.params import parse_list
-from engine.runs import experiments
+from engine.runs import experiments, report
 from engine.runs.retrain import RunConfig
 from engine.training import summaries
 from engine.training.config import MAX_LEARNING_RATE, SCHEDULES, TrainConfig
@@ -174,7 +182,8 @@ def render(experiment_id: str, key: str, live: bool = False) -> None:
                         key=f"{key}_{d['run_id']}",
                     )
     if not live:
-        st.download_button(
+        csv_col, report_col, link_col = st.columns(3)
+        csv_col.download_button(
             "Download CSV",
             experiments.experiment_csv(experiment_id, store),
             file_name=f"experiment-{experiment_id}.csv",
@@ -182,6 +191,18 @@ def render(experiment_id: str, key: str, live: bool = False) -> None:
             icon=":material/download:",
             key=f"{key}_csv",
         )
+        # built when clicked (a report inlines plotly.js: ~5 MB), not on every rerun
+        report_col.download_button(
+            "Download report (HTML)",
+            lambda: report.experiment_report_html(experiment_id, store),
+            file_name=report.report_file_name("experiment", experiment_id),
+            mime="text/html",
+            icon=":material/description:",
+            key=f"{key}_report",
+            help="One file that opens in any browser with no network: curves, table and verdicts",
+        )
+        with link_col:
+            copy_link("experiment", experiment_id, key=f"{key}_link")
 
 
 def watched_job(study: str):
@@ -228,11 +249,28 @@ def steps_study() -> None:
         )
 
 
+def open_linked_experiment() -> None:
+    """Open the experiment a `?experiment=ID` link names, once per id: its study and its results."""
+    wanted = st.query_params.get("experiment")
+    if not wanted or st.session_state.get("experiment_link_opened") == wanted:
+        return
+    st.session_state["experiment_link_opened"] = wanted
+    kinds = {e["id"]: e["kind"] for e in experiments.list_experiments(cache.store())}
+    picked = query_selection("experiment", kinds)
+    if picked is None:  # the id is not echoed: it is whatever the address said
+        st.warning("The linked experiment is not in this lab.", icon=":material/link_off:")
+        return
+    st.session_state["experiment_study"] = kinds[picked]
+    st.session_state["experiment_pick"] = picked
+
+
 st.title(":material/science: Experiments")
 st.caption(
     "Compare settings on identical data: every run of an experiment trains on the same cached "
     "bottlenecks and split, and each run is stored like any other (see Runs)."
 )
+with guard("Opening the linked experiment"):
+    open_linked_experiment()
 study = st.segmented_control(
     "Study", list(STUDIES), format_func=STUDIES.get, default="lr_race", key="experiment_study"
 )
@@ -266,6 +304,8 @@ with watch_col, guard("Following the experiment"):
             st.session_state["experiment_pick"] = finished
     if past:
         labels = {e["id"]: f"{e['name']} · {e['runs']} runs · {e['id']}" for e in past}
+        if st.session_state.get("experiment_pick") not in labels:  # e.g. a link to one still running
+            st.session_state.pop("experiment_pick", None)
         chosen = st.selectbox("Results of", list(labels), format_func=labels.get, key="experiment_pick")
         render(chosen, "done")
     elif running is None:

@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from plotly.offline import get_plotlyjs
@@ -21,6 +22,7 @@ from engine.runs.retrain import RunConfig, retrain
 from engine.runs.store import RunStore
 from engine.training.config import TrainConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = "<img src=x onerror=alert(1)>"
 SECTIONS = (
     "Training curves",
@@ -197,3 +199,25 @@ def test_cli_writes_reports_and_refuses_unknown_ids(run_id, experiment_id, tmp_p
     assert err == ["error: No run or experiment with id 'no-such-id' (see `python -m engine runs`)"]
     assert main(["report", run_id, "--out", str(tmp_path / "missing" / "r.html")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_experiments_page_opens_a_linked_experiment_with_report_and_link(experiment_id, home):
+    from streamlit.testing.v1 import AppTest
+
+    base = replace(_base(home), name=None)
+    other = experiments.freezing_study(base, (0,)).experiment_id  # the page would open the race tab
+    at = AppTest.from_file(str(ROOT / "dashboard" / "experiments.py"), default_timeout=120)
+    at.query_params["experiment"] = other
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    assert at.session_state["experiment_study"] == "freezing"
+    picked = next(s for s in at.selectbox if s.label == "Results of")
+    assert picked.value == other
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download report (HTML)" in labels and "Download CSV" in labels
+    assert f"?experiment={other}" in "".join(c.value for c in at.code)
+
+    at = AppTest.from_file(str(ROOT / "dashboard" / "experiments.py"), default_timeout=120)
+    at.query_params["experiment"] = "<nope>"
+    at.run()
+    assert not at.exception and "not in this lab" in at.warning[0].value
