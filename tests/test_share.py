@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from engine.cli.main import main
+from engine.errors import LabError
+from engine.runs import share
 from engine.runs import store as store_module
+from engine.runs.folder import RunFolder
 from engine.runs.store import SCHEMA_VERSION, RunStore
 
 
@@ -51,3 +62,213 @@ def test_the_dataset_fingerprint_names_the_images_and_split_not_where_they_live(
     next(copy.glob("roses/*.jpg")).rename(copy / "tulips" / "moved.jpg")  # one photo relabelled
     moved = dataset_fingerprint(scan_image_dir(copy))
     assert moved["content_hash"] != here["content_hash"] and moved["split_hash"] != here["split_hash"]
+
+
+# -- bundles of a tiny run (random weights, built once per module) --------------------------------
+
+
+NAMES = ["cat", "dog", "owl"]
+
+
+def _tiny_model(lambda_layer: bool = False):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((224, 224, 3))
+    x = (
+        keras.layers.Lambda(lambda t: t / 255.0)(inputs)
+        if lambda_layer
+        else keras.layers.Rescaling(1 / 255)(inputs)
+    )
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(len(NAMES), activation="softmax")(x))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A finished run of a tiny random-weights model, shared once: (store, run id, bundle path)."""
+    from PIL import Image
+
+    from engine.runs.retrain import RunConfig
+
+    root = tmp_path_factory.mktemp("author")
+    photo = root / "owl_01.jpg"
+    Image.fromarray(np.full((300, 200, 3), 120, np.uint8)).save(photo)
+    store = RunStore(root / "lab" / "lab.sqlite")
+    config = asdict(RunConfig(source=str(root), architecture="mobilenet_0.25_224", weights="random"))
+    run = store.create_run(config, name="tiny owls", author="Ada")
+    folder = RunFolder(run.id, store)
+    folder.write_labels(NAMES)
+    folder.write_config(config)
+    folder.save_model(_tiny_model())
+    history = [{"step": s, "train_accuracy": 0.5, "train_cross_entropy": 1.0, "validation_accuracy": 0.4,
+                "validation_cross_entropy": 1.1, "elapsed": s / 10} for s in (0, 10)]  # fmt: skip
+    store.log_metrics(run.id, history)
+    results = {
+        "test_accuracy": 0.5, "test_count": 2, "per_class_accuracy": {"cat": 1.0, "dog": 0.0, "owl": 0.5},
+        "confusion_matrix": [[1, 0, 0], [0, 0, 1], [0, 0, 0]], "class_names": NAMES, "num_classes": 3,
+        "misclassified": [{"path": str(photo), "true": "dog", "predicted": "owl", "probability": 0.6}],
+        "dataset": {"name": "owls", "root": str(root), "fingerprint": {"split_hash": "ab" * 32}},
+        "phases": {"train": 1.5},
+    }  # fmt: skip
+    folder.write_metrics(history, results)
+    store.finish_run(run.id, results)
+    bundle = share.export_bundle(run.id, out=root / "out", store=store)
+    return store, run.id, bundle
+
+
+def _members(bundle: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(bundle) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _write(path: Path, members: dict[str, bytes], manifest_from: dict[str, bytes] | None = None) -> Path:
+    """A bundle of `members` whose manifest lists (and hashes) `manifest_from` (default: the members)."""
+    import hashlib
+
+    manifest = json.loads(members["manifest.json"])
+    listed = {k: v for k, v in (manifest_from or members).items() if k != "manifest.json"}
+    manifest["members"] = {
+        k: {"sha256": hashlib.sha256(v).hexdigest(), "bytes": len(v)} for k, v in listed.items()
+    }
+    members = {**members, "manifest.json": json.dumps(manifest).encode()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_bundle_holds_the_run_and_nothing_executable(tiny):
+    store, run_id, bundle = tiny
+    assert bundle.name == f"classifier-lab-run-{run_id}.zip"
+    members = _members(bundle)
+    assert set(members) == {"manifest.json", *share.MEMBER_LIMITS}
+    manifest = json.loads(members["manifest.json"])
+    assert (manifest["schema"], manifest["version"], manifest["run_id"]) == (share.SCHEMA, 1, run_id)
+    assert manifest["author"] == "Ada" and manifest["name"] == "tiny owls"
+    assert members["labels.txt"].decode() == "cat\ndog\nowl\n"
+    assert members["model.keras"] == RunFolder(run_id, store).model_path.read_bytes()
+    metrics = json.loads(members["metrics.json"])
+    wrong = metrics["results"]["misclassified"][0]
+    assert wrong["path"] == "owl_01.jpg" and wrong["thumbnail"].startswith("data:image/jpeg;base64,")
+    assert "root" not in metrics["results"]["dataset"]  # no paths of the author's disk
+    assert [r["step"] for r in metrics["history"]] == [0, 10]
+    assert json.loads(members["dataset.json"]) == {"split_hash": "ab" * 32}
+    assert b"tiny owls" in members["model_card.md"] and b"<html" in members["report.html"].lower()
+
+
+def test_import_stores_a_finished_imported_run_once(tiny, lab_home):
+    _, run_id, bundle = tiny
+    local = RunStore()
+    imported_id = share.import_bundle(bundle, store=local)
+    run = local.get_run(imported_id)
+    assert (run.status, run.author, run.imported, run.name) == ("finished", "Ada", True, "tiny owls")
+    assert run.origin["from"] == "Ada" and run.origin["original_run_id"] == run_id
+    assert len(run.origin["bundle_sha256"]) == 64 and run.origin["imported_at"] > 0
+    assert run.results["test_accuracy"] == 0.5 and run.phases == {"train": 1.5}
+    assert [r["step"] for r in local.get_history(imported_id)] == [0, 10]
+    folder = RunFolder(imported_id, local)
+    assert folder.class_names() == NAMES and folder.is_trusted(folder.model_path)
+    assert share.thumbnail_bytes(run.results["misclassified"][0])[:2] == b"\xff\xd8"  # a JPEG
+    # the same bundle again, or the same run shared again (other zip bytes): the same run, not a copy
+    assert share.import_bundle(bundle, store=local) == imported_id
+    again = _write(bundle.parent / "again.zip", _members(bundle))
+    assert share.import_bundle(again, store=local) == imported_id
+    assert [r.id for r in local.list_runs()] == [imported_id]
+    # what the imported run answers is what the author's answers
+    from engine.export.predict import Classifier
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.float32)
+    mine = Classifier.from_run(imported_id, store=local).predict_arrays(pixels)
+    theirs = Classifier.from_run(run_id, store=tiny[0]).predict_arrays(pixels)
+    np.testing.assert_allclose(mine, theirs, atol=1e-6)
+
+
+def test_a_bundle_of_one_of_this_labs_own_runs_is_that_run(tiny):
+    store, run_id, bundle = tiny
+    assert share.import_bundle(bundle, store=store) == run_id
+
+
+def test_cli_share_and_import_end_with_a_json_line(tiny, tmp_path, capsys):
+    store, run_id, _ = tiny
+    src_home = store.root
+    import os
+
+    os.environ["LAB_HOME"], before = str(src_home), os.environ["LAB_HOME"]
+    try:
+        assert main(["share", run_id, "--out", str(tmp_path), "--json"]) == 0
+    finally:
+        os.environ["LAB_HOME"] = before
+    shared = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert Path(shared["bundle"]) == tmp_path / share.bundle_file_name(run_id)
+    assert main(["import", shared["bundle"], "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert RunStore().get_run(out["run_id"]).origin["original_run_id"] == run_id
+
+
+def _hostile(kind: str, bundle: Path, tmp: Path) -> Path:
+    members = _members(bundle)
+    path = tmp / f"{kind}.zip"
+    if kind == "not a zip":
+        path.write_bytes(b"PK\x03\x04 but not really a zip")
+        return path
+    if kind == "path traversal":
+        return _write(path, {**members, "../evil.txt": b"x"})
+    if kind == "lambda layer":
+        model = tmp / "lambda.keras"
+        _tiny_model(lambda_layer=True).save(model)
+        return _write(path, {**members, "model.keras": model.read_bytes()})
+    if kind in ("planted savedmodel", "planted tflite", "planted python"):
+        name = {"planted savedmodel": "saved_model/saved_model.pb", "planted tflite": "model.tflite",
+                "planted python": "run_me.py"}[kind]  # fmt: skip
+        return _write(path, {**members, name: b"\x00payload"})
+    if kind == "labels do not match outputs":
+        return _write(path, {**members, "labels.txt": b"cat\ndog\nowl\nemu\n"})
+    if kind == "zip bomb":
+        return _write(path, {**members, "model.keras": bytes(64 * 1024**2)})
+    if kind == "missing file":
+        return _write(path, {k: v for k, v in members.items() if k != "labels.txt"})
+    if kind == "extra file":
+        return _write(path, {**members, "notes.txt": b"hello"})
+    if kind == "wrong schema version":
+        manifest = json.loads(members["manifest.json"])
+        manifest["version"] = 99
+        return _write(path, {**members, "manifest.json": json.dumps(manifest).encode()})
+    if kind == "hash mismatch":
+        changed = {**members, "labels.txt": b"cot\ndog\nowl\n"}  # same size, other bytes
+        return _write(path, changed, manifest_from=members)
+    if kind == "control character in a class name":
+        return _write(path, {**members, "labels.txt": b"cat\ndo\x1bg\nowl\n"})
+    raise AssertionError(kind)
+
+
+HOSTILE = {
+    "path traversal": "escapes the target folder",
+    "lambda layer": "Lambda",
+    "planted savedmodel": "'saved_model/saved_model.pb', an export or code file",
+    "planted tflite": "'model.tflite', an export or code file",
+    "planted python": "'run_me.py', an export or code file",
+    "labels do not match outputs": "3 outputs but labels.txt names 4 classes",
+    "zip bomb": "zip bomb",
+    "missing file": "labels.txt is missing",
+    "extra file": "unexpected member 'notes.txt'",
+    "wrong schema version": "schema version 99 is not supported",
+    "hash mismatch": "labels.txt does not match the sha256 in the manifest",
+    "not a zip": "not a valid zip archive",
+    "control character in a class name": "line 2 of labels.txt has a control character",
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_a_hostile_bundle_is_refused_with_one_line_and_nothing_stored(kind, tiny, tmp_path, capsys):
+    path = _hostile(kind, tiny[2], tmp_path)
+    local = RunStore()
+    with pytest.raises(LabError, match=HOSTILE[kind]) as caught:
+        share.import_bundle(path, store=local)
+    assert "\n" not in str(caught.value) and path.name in str(caught.value)
+    assert main(["import", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and HOSTILE[kind] in err and "Traceback" not in err
+    assert local.list_runs() == []
+    assert not any(local.run_dir("x").parent.iterdir())  # no run folder left behind
+    assert not [p for p in (local.root / "shares").glob(".import-*")]  # nor a scratch folder
