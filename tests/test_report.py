@@ -221,3 +221,19 @@ def test_experiments_page_opens_a_linked_experiment_with_report_and_link(experim
     at.query_params["experiment"] = "<nope>"
     at.run()
     assert not at.exception and "not in this lab" in at.warning[0].value
+
+
+def test_a_failed_run_by_a_named_author_still_reports(home):
+    store = RunStore()
+    author = "Ada <script>alert(2)</script>"
+    run = store.create_run({"source": "/data/<x>", "architecture": "mobilenet_0.25_128"}, author=author)
+    store.finish_run(run.id, {}, status="failed", error="ran out of <memory>")
+    page = report.run_report_html(run.id, store)
+    rest = page if get_plotlyjs() not in page else _outside_plotly(page)
+    assert (
+        "<script>alert(2)" not in rest and "Author: <b>Ada &lt;script&gt;alert(2)&lt;/script&gt;</b>" in rest
+    )
+    assert "ran out of &lt;memory&gt;" in rest and "No evaluations were recorded." in rest
+    assert "by Ada &lt;script&gt;" in report.model_card_markdown(run.id, store)
+    for section in SECTIONS:
+        assert f">{section}</h2>" in page, section
