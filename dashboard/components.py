@@ -5,20 +5,22 @@ Pages stay descriptions of the UI; anything drawn the same way in two places liv
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from dashboard import cache
 from engine.data import uploads
-from engine.errors import LabError
+from engine.errors import InvalidArgument, LabError
 from engine.jobs import queue as jobs
+from engine.params import PERSON_NAME_MAX, person_name
 
 log = logging.getLogger("classifier_lab.dashboard")
 
@@ -138,6 +140,7 @@ def job_progress(job) -> None:
 def sidebar() -> None:
     """The shared sidebar: the data directory and the jobs running now (polled)."""
     with st.sidebar:
+        name_field()
         st.caption(f":material/folder: Data directory  \n`{cache.basic_facts()['lab_home']}`")
         _active_jobs()
 
@@ -225,3 +228,60 @@ def query_selection(param: str, options: Iterable):
         if str(option) == wanted:
             return option
     return None
+
+
+# -- display name ---------------------------------------------------------------------------------------
+NAME_COOKIE = "classifier_lab_name"  # the browser remembers "Your name" in this cookie for a year
+NAME_COOKIE_SECONDS = 365 * 24 * 3600
+
+
+def current_author() -> str | None:
+    """The display name this browser gave in the sidebar ("Your name"), validated; None when none."""
+    return st.session_state.get("author")
+
+
+def name_field() -> None:
+    """The sidebar's "Your name": no account, just a name stored with the runs this browser starts.
+
+    The browser keeps it in a cookie (set by a line of JavaScript, read back through st.context.cookies
+    when a new session starts), so a reload or a new tab of the same browser finds it again.
+    """
+    remembered = _remembered_name()
+    if "author_name" not in st.session_state:  # the first run of this session
+        st.session_state["author_name"] = remembered or ""
+    text = st.text_input(
+        "Your name",
+        key="author_name",
+        max_chars=PERSON_NAME_MAX,
+        placeholder="shown with the runs you start",
+        help="No account: this browser remembers the name and stores it with each run you start.",
+    )
+    try:
+        name = person_name(text)
+    except InvalidArgument as exc:
+        st.error(str(exc), icon=":material/badge:")
+        name = None
+    st.session_state["author"] = name
+    if name != remembered and not (name is None and text.strip()):
+        _remember(name)
+
+
+def _browser_cookie(key: str) -> str | None:
+    cookies = getattr(st.context, "cookies", None) or {}
+    return cookies.get(key)
+
+
+def _remembered_name() -> str | None:
+    raw = _browser_cookie(NAME_COOKIE)
+    try:
+        return person_name(unquote(raw)) if raw else None
+    except InvalidArgument:  # a hand-edited cookie: ignored, never shown
+        return None
+
+
+def _remember(name: str | None) -> None:
+    """Write (or, for None, clear) the name cookie in this browser."""
+    value = quote(name or "", safe="")  # percent-encoded: nothing in it can end the script's string
+    age = NAME_COOKIE_SECONDS if name else 0
+    cookie = f"{NAME_COOKIE}={value}; path=/; max-age={age}; SameSite=Lax"
+    st.html(f"<script>document.cookie = {json.dumps(cookie)};</script>", unsafe_allow_javascript=True)

@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import cache, charts
 from dashboard.components import (
     STATUS_ICONS,
+    current_author,
     fmt_seconds,
     guard,
     job_header,
@@ -217,6 +218,7 @@ with watch_col:
                         random_brightness=random_brightness,
                     ),
                     name=name.strip() or None,
+                    author=current_author(),  # the sidebar's "Your name"
                 )
             )
     with guard("Following the job"):

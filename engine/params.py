@@ -1,7 +1,8 @@
-"""Parsing of the comma-separated lists that the CLI and the pages accept ("0.005, 0.01; 0.1")."""
+"""Parsing of what the CLI and the pages accept: comma-separated lists ("0.005, 0.01; 0.1"), display names."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -38,3 +39,30 @@ def parse_list(text: str, cast: Callable[[str], T] = str, what: str | None = Non
             lead = f"{what} must be {expected}" if what else f"expected {expected}"
             raise InvalidArgument(f"{lead}, got {item!r} in {text!r}") from None
     return values
+
+
+PERSON_NAME_MAX = 40  # characters of a person's display name ("Your name" in the sidebar)
+# control, format (bidi overrides, zero-width), line/paragraph separators, surrogates: none in a name
+_NOT_IN_NAMES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+
+
+def person_name(text: str | None) -> str | None:
+    """A person's display name, stripped; None when empty.
+
+    Raises:
+        InvalidArgument: not text, longer than PERSON_NAME_MAX characters, or holding a control,
+            invisible-format or line-separator character (it would mislead or break every list it is in).
+    """
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InvalidArgument(f"a display name must be text, got {type(text).__name__}")
+    name = text.strip()
+    if len(name) > PERSON_NAME_MAX:
+        raise InvalidArgument(f"a display name has at most {PERSON_NAME_MAX} characters, got {len(name)}")
+    bad = sorted({f"U+{ord(ch):04X}" for ch in name if unicodedata.category(ch) in _NOT_IN_NAMES})
+    if bad:
+        raise InvalidArgument(
+            f"a display name cannot hold control or invisible characters ({', '.join(bad)})"
+        )
+    return name or None

@@ -21,6 +21,7 @@ from engine.errors import Cancelled, InvalidArgument, LabError
 from engine.features import extract
 from engine.features.decode import decode_dataset
 from engine.models import backbones
+from engine.params import person_name
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 from engine.runs.folder import RunFolder
 from engine.runs.results import test_results
@@ -52,6 +53,8 @@ class RunConfig:
     name: str | None = None
     # groups runs of one experiment (learning-rate race, freezing study, ...)
     experiment_id: str | None = None
+    # display name of who started it (the sidebar's "Your name"); stored as the run's author
+    author: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
@@ -65,6 +68,7 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, int):  # retrain.py's flags are integers
                 raise InvalidArgument(f"{key} must be an integer, got {key}={value!r}")
         datasets.check_percentages(self.validation_percentage, self.testing_percentage)
+        self.author = person_name(self.author)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -185,7 +189,11 @@ def _recorded_run(store, config: RunConfig, progress, first_phase: str):
     from engine.runs.store import collect_environment
 
     run = store.create_run(
-        asdict(config), kind="retrain", name=config.display_name(), experiment_id=config.experiment_id
+        asdict(config),
+        kind="retrain",
+        name=config.display_name(),
+        experiment_id=config.experiment_id,
+        author=config.author,
     )
     emit(progress, first_phase, 0, 0, f"Run {run.id} created", run_id=run.id)
     store.set_environment(run.id, collect_environment())
