@@ -272,3 +272,46 @@ def test_a_hostile_bundle_is_refused_with_one_line_and_nothing_stored(kind, tiny
     assert local.list_runs() == []
     assert not any(local.run_dir("x").parent.iterdir())  # no run folder left behind
     assert not [p for p in (local.root / "shares").glob(".import-*")]  # nor a scratch folder
+
+
+# -- proof on real data: retrain, share, import into another lab, same answers, convert ----------
+@pytest.mark.slow
+def test_round_trip_on_real_flowers_gives_identical_predictions(
+    flowers_dir, seeded_keras_home, sample_images_dir, lab_home, tmp_path, monkeypatch
+):
+    from engine.export import convert
+    from engine.export.predict import Classifier, expand_paths
+    from engine.runs.retrain import RunConfig, retrain
+    from engine.training.config import TrainConfig
+
+    config = RunConfig(
+        source=str(flowers_dir), architecture="mobilenet_0.25_224", weights="imagenet",
+        train=TrainConfig(steps=200, eval_interval=50, batch_size=32), name="flowers for a classmate",
+    )  # fmt: skip
+    author_store = RunStore()
+    run_id = retrain(config, store=author_store).run_id
+    bundle = share.export_bundle(run_id, out=tmp_path / "handed over", store=author_store)
+    assert bundle.stat().st_size < 20 * 1024**2
+
+    monkeypatch.setenv("LAB_HOME", str(tmp_path / "classmate"))  # another laptop: a fresh lab
+    classmate = RunStore()
+    assert classmate.list_runs() == []
+    imported = share.import_bundle(bundle, store=classmate)
+    assert [r.id for r in classmate.list_runs()] == [imported] and classmate.get_run(imported).imported
+
+    photos = sorted(expand_paths([sample_images_dir]))[:6] + sorted(flowers_dir.glob("roses/*.jpg"))[:4]
+    theirs = Classifier.from_run(run_id, store=author_store).classify(photos, top_k=5)
+    mine = Classifier.from_run(imported, store=classmate).classify(photos, top_k=5)
+    for a, b in zip(theirs, mine, strict=True):
+        assert a.error is None and b.error is None and a.top1 == b.top1
+        assert a.labels == b.labels
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    assert (
+        classmate.get_run(imported).results["test_accuracy"]
+        == author_store.get_run(run_id).results["test_accuracy"]
+    )
+    converted = convert.convert_run(imported, ["tflite-int8"], store=classmate)
+    assert [m["format"] for m in converted["exports"]] == ["tflite-int8"]
+    int8 = Classifier.from_run(imported, store=classmate, fmt="tflite-int8").classify(photos, top_k=1)
+    agree = np.mean([a.top1 == b.top1 for a, b in zip(theirs, int8, strict=True)])
+    assert agree >= 0.8, agree
