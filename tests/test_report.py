@@ -237,3 +237,27 @@ def test_a_failed_run_by_a_named_author_still_reports(home):
     assert "by Ada &lt;script&gt;" in report.model_card_markdown(run.id, store)
     for section in SECTIONS:
         assert f">{section}</h2>" in page, section
+
+
+def test_imported_thumbnails_are_used_only_when_plain_data_uris(home):
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="JPEG")
+    good = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    hostile = 'data:image/png;base64,AAAA" onerror="alert(3)'
+    store = RunStore()
+    run = store.create_run({"source": "flowers"}, origin={"from": "Bo", "original_run_id": "r1"})
+    wrong = [
+        {"path": "a.jpg", "true": "a", "predicted": "b", "probability": 0.9, "thumbnail": good},
+        {"path": "b.jpg", "true": "b", "predicted": "a", "probability": 0.8, "thumbnail": hostile},
+    ]
+    results = {"test_accuracy": 0.5, "test_count": 4, "class_names": ["a", "b"], "misclassified": wrong}
+    store.finish_run(run.id, results)
+    page = report.run_report_html(run.id, store)  # no history or confusion matrix: no plotly.js either
+    assert page.count(f'<img alt="" src="{good}">') == 1
+    assert "alert(3)" not in page and page.count("image not on this machine") == 1
+    assert "Imported from Bo (their run r1)" in page and "<script" not in page

@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import json
+import re
 import shlex
 import time
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,8 @@ from engine.runs.results import RunResults
 from engine.training import summaries
 from engine.training.config import TrainConfig
 
+_DATA_URI = re.compile(r"data:image/(?:jpeg|png);base64,[A-Za-z0-9+/]+={0,2}")
+THUMBNAIL_URI_LIMIT = 256 * 1024
 GALLERY_LIMIT = 24  # misclassified thumbnails embedded (the rest are counted)
 THUMBNAIL_SIDE = 112  # pixels; JPEG at this size keeps a 24-image gallery near 100 KB
 FIGURE_HEIGHT = 340
@@ -386,7 +389,7 @@ class _Page:
             return
         shown, items = misclassified[:GALLERY_LIMIT], []
         for item in shown:
-            uri = _thumbnail_uri(item.get("path"))
+            uri = _travelling_thumbnail(item.get("thumbnail")) or thumbnail_uri(item.get("path"))
             picture = (
                 f'<img alt="" src="{uri}">' if uri else '<div class="muted">image not on this machine</div>'
             )
@@ -591,8 +594,18 @@ def _cell(row: dict[str, Any], column: str) -> str:
     return summaries.display(value, percent=column.endswith("accuracy"))
 
 
-def _thumbnail_uri(path: Any) -> str | None:
-    """A small JPEG of the image as a data: URI, or None when it cannot be read here."""
+def _travelling_thumbnail(uri: Any) -> str | None:
+    """The data: URI an imported run's misclassified item carries, if it is a plain base64 JPEG/PNG.
+
+    It came from someone else's bundle, so it is written into an attribute only when it cannot leave it.
+    """
+    if isinstance(uri, str) and len(uri) <= THUMBNAIL_URI_LIMIT and _DATA_URI.fullmatch(uri):
+        return uri
+    return None
+
+
+def thumbnail_uri(path: Any) -> str | None:
+    """A small JPEG of an image file as a data: URI, or None when it cannot be read here."""
     if not path:
         return None
     from PIL import Image
