@@ -19,6 +19,7 @@ PAGES = [
     ("dashboard/classify.py", "Classify", ":material/image_search:"),
     ("dashboard/architectures.py", "Architectures", ":material/account_tree:"),
     ("dashboard/experiments.py", "Experiments", ":material/science:"),
+    ("dashboard/board.py", "Class board", ":material/leaderboard:"),
     ("dashboard/convert.py", "Convert & compare", ":material/swap_horiz:"),
     ("dashboard/timing.py", "CPU vs GPU", ":material/speed:"),
 ]

@@ -608,3 +608,17 @@ def phase_speedups(frame: pd.DataFrame) -> go.Figure:
     grouped_bars(fig, rows, "phase", "speedup", by="backbone", text=lambda v: f"{v:.1f}×")
     fig.add_hline(y=1, line_dash="dash", line_color="#64748B", annotation_text="no gain")
     return fig
+
+
+def prediction_pair(frame: pd.DataFrame) -> go.Figure:
+    """One photo's class probabilities under two runs, side by side (Class board).
+
+    Args:
+        frame: columns `class`, `probability` (0..1) and `run` (the series, two values).
+    """
+    fig = _figure("The same photo, two runs", "Class", "Probability", height=320)
+    if frame.empty:
+        return _empty(fig, "No prediction")
+    grouped_bars(fig, frame, "class", "probability", "run", text=lambda v: f"{v:.0%}")
+    fig.update_yaxes(range=[0, 1.1], tickformat=".0%")
+    return _legend_below_title(fig)
