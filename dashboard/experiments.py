@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard import cache, charts
 from dashboard.components import (
     copy_link,
+    current_author,
     guard,
     job_header,
     job_progress,
@@ -128,7 +129,13 @@ def settings(study: str) -> dict | None:
     if study == "datasets":
         params["sources"] = picked
     source = picked[0] if picked else "demo"
-    config = RunConfig(source=source, architecture=architecture, weights=weights, train=TrainConfig(**train))
+    config = RunConfig(
+        source=source,
+        architecture=architecture,
+        weights=weights,
+        train=TrainConfig(**train),
+        author=current_author(),  # the sidebar's "Your name": each run of the study is theirs
+    )
     params["config"] = asdict(config)
     return params
 
