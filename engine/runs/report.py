@@ -118,14 +118,15 @@ def run_report_html(run_id: str, store=None) -> str:
     names = _class_names(run, res)
     page = _Page(f"Run {run.name}")
     page.header(f"Run {run.name}", _run_meta(run))
-    page.metrics(
-        [
-            ("Test accuracy", _pct(res.test_accuracy), f"on {res.test_count} test images"),
-            ("Validation accuracy", _pct(res.validation_accuracy), "last evaluation"),
-            ("Classes", str(len(names) or "—"), ""),
-            ("Steps", str(int(history[-1]["step"])) if history else "—", "head training"),
-        ]
-    )
+    headline = [
+        ("Test accuracy", _pct(res.test_accuracy), f"on {res.test_count} test images"),
+        ("Validation accuracy", _pct(res.validation_accuracy), "last evaluation"),
+        ("Classes", str(len(names) or "—"), ""),
+        ("Steps", str(int(history[-1]["step"])) if history else "—", "head training"),
+    ]
+    if res.fine_tune:  # what unfreezing backbone layers added over the head alone
+        headline.insert(1, ("Head-only test accuracy", _pct(res.head_test_accuracy), "before fine-tuning"))
+    page.metrics(headline)
     if res.note:
         page.para(res.note, "muted")
     if run.error:
@@ -550,6 +551,7 @@ def _run_meta(run) -> list[tuple[str, str]]:
         ("Backbone", config.get("architecture", "")),
         ("Dataset", _basename(dataset) or dataset),
         ("Author", getattr(run, "author", None) or ""),
+        ("Experiment", run.experiment_id or ""),
         ("Date", _date(run.created)),
         ("Status", run.status),
     ]
