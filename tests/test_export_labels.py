@@ -164,3 +164,18 @@ def test_convert_page_offers_named_packages_and_the_author(run):
     buttons = {b.proto.label: b.proto for b in at.get("download_button")}
     assert set(buttons) == {"Download keras", "Download tflite-fp32", "Download onnx"}
     assert buttons["Download onnx"].help == f"classifier-lab-{run}-onnx.zip"
+
+
+def test_cli_convert_writes_the_named_packages(run, tmp_path, capsys):
+    from engine.cli.main import main
+
+    out = tmp_path / "downloads"
+    assert main(["convert", "--run", run, "--to", "tflite-fp32,onnx", "--package", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = [out / f"classifier-lab-{run}-{fmt}.zip" for fmt in ("tflite-fp32", "onnx")]
+    assert result["packages"] == [str(p) for p in expected]
+    with zipfile.ZipFile(expected[0]) as zf:
+        assert zf.read("labels.txt").decode().splitlines() == LABELS
+    (tmp_path / "a file").write_text("")
+    assert main(["convert", "--run", run, "--to", "onnx", "--package", str(tmp_path / "a file")]) == 2
+    assert "--package" in capsys.readouterr().err  # one line naming the option, no traceback

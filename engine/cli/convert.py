@@ -8,6 +8,7 @@ import sys
 
 from engine.cli.options import parse_list
 from engine.cli.output import print_json
+from engine.errors import LabError
 from engine.export.convert import DEFAULT_FORMATS
 from engine.export.runtimes import FORMATS
 from engine.timing import lab
@@ -28,6 +29,13 @@ def add_parser(subparsers) -> None:
     )
     c.add_argument("--force", action="store_true", help="convert again even if an export exists")
     c.add_argument("--compare", action="store_true", help="then measure every format on the test split")
+    c.add_argument(
+        "--package",
+        metavar="DIR",
+        default=None,
+        help="also write each format's download (model, labels.txt, README) to DIR as "
+        "classifier-lab-<run>-<format>.zip",
+    )
     c.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     c.set_defaults(func=cmd_convert)
 
@@ -65,6 +73,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"{m['format']:<16} {_mb(m['size_bytes']):>10}  {m['seconds']:7.2f} s  {m['file']}")
     for fmt, reason in result["skipped"].items():
         print(f"{fmt:<16} skipped: {reason}")
+    if args.package:
+        result["packages"] = _write_packages(args.run, result["exports"], args.package)
     if args.compare:
         report = result["comparison"]
         print(f"\nOn {report['test_count']} test images:")
@@ -82,6 +92,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     return 0
+
+
+def _write_packages(run_id: str, manifests: list[dict], folder: str) -> list[str]:
+    """Write the download package of every exported format (TensorRT engines excepted) into `folder`."""
+    from pathlib import Path
+
+    from engine.export import package
+
+    out = Path(folder)
+    written = []
+    for fmt in [m["format"] for m in manifests if m["format"] in package.PACKAGE_FORMATS]:
+        name, data = package.download_package(run_id, fmt)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(data)
+        except OSError as exc:
+            raise LabError(f"--package {folder}: cannot write {name} there ({exc.strerror or exc})") from exc
+        print(f"{fmt:<16} package: {out / name}")
+        written.append(str(out / name))
+    return written
 
 
 def cmd_timing(args: argparse.Namespace) -> int:
