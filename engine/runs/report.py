@@ -6,8 +6,8 @@ MathJax), so it opens in any browser with no network and no lab. Every string th
 (class names, dataset paths, author, run names) is HTML-escaped; figure data goes through plotly's JSON,
 which escapes `<` and `>`.
 
-Figures are built here with plotly.graph_objects (the engine cannot import the dashboard's charts.py);
-they are kept plain: a report is read, not explored.
+The figures come from report_figures (plain plotly.graph_objects: the engine cannot import the
+dashboard's charts.py); this module assembles the page, the model card and the reproducibility card.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 from engine.errors import NotFound
 from engine.runs import experiments
+from engine.runs import report_figures as figures
 from engine.runs.results import RunResults
 from engine.training import summaries
 from engine.training.config import TrainConfig
@@ -133,7 +134,7 @@ def run_report_html(run_id: str, store=None) -> str:
         page.para(f"Error: {run.error}", "muted")
     page.section("Training curves")
     if history:
-        page.figures([_curve_figure(history, "accuracy"), _curve_figure(history, "cross_entropy")])
+        page.figures([figures.curves(history, "accuracy"), figures.curves(history, "cross_entropy")])
         diagnosis = summaries.diagnose(history, None, len(names) or None)
         page.para(diagnosis.explanation)
     else:
@@ -141,7 +142,10 @@ def run_report_html(run_id: str, store=None) -> str:
     page.section("Confusion matrix and per-class accuracy")
     if res.confusion_matrix and names:
         page.figures(
-            [_confusion_figure(res.confusion_matrix, names), _per_class_figure(res.per_class_accuracy)]
+            [
+                figures.confusion_matrix(res.confusion_matrix, names),
+                figures.per_class_accuracy(res.per_class_accuracy),
+            ]
         )
     else:
         page.para("No test results.", "muted")
@@ -192,7 +196,12 @@ def experiment_report_html(experiment_id: str, store=None) -> str:
     page.section("Curves of every run")
     if curves:
         target = exp.config.get("target") if exp.kind == "lr_race" else None
-        page.figures([_overlay_figure(curves, "accuracy", target), _overlay_figure(curves, "cross_entropy")])
+        page.figures(
+            [
+                figures.overlaid_curves(curves, "accuracy", target),
+                figures.overlaid_curves(curves, "cross_entropy"),
+            ]
+        )
     else:
         page.para("No evaluations were recorded.", "muted")
     page.section("Results")
@@ -419,93 +428,6 @@ class _Page:
             f"<footer>Classifier Lab report, made {made}. Self-contained: it needs no network.</footer>"
             f"</main>{_RESIZE if self.has_figures else ''}</body></html>"
         )
-
-
-# -- figures ----------------------------------------------------------------------------------------
-def _layout(fig, title: str, y_title: str, percent: bool = False):
-    fig.update_layout(
-        title=title,
-        template="plotly_white",
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
-        legend={"orientation": "h", "y": -0.2},
-        xaxis_title="step",
-        yaxis_title=y_title,
-    )
-    if percent:
-        fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
-    return fig
-
-
-def _curve_figure(history: list[dict[str, Any]], metric: str):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    steps = [row["step"] for row in history]
-    for split, dash in (("train", "solid"), ("validation", "dash")):
-        values = [row.get(f"{split}_{metric}") for row in history]
-        if any(v is not None for v in values):
-            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=split, line={"dash": dash}))
-    if metric == "accuracy":
-        return _layout(fig, "Accuracy", "accuracy", percent=True)
-    return _layout(fig, "Cross-entropy (lower is better)", "cross-entropy")
-
-
-def _overlay_figure(curves: list[dict[str, Any]], metric: str, target: float | None = None):
-    import plotly.graph_objects as go
-
-    key = f"validation_{metric}"
-    if not any(row.get(key) is not None for row in curves):
-        key = f"train_{metric}"
-    fig = go.Figure()
-    for run_id in dict.fromkeys(row["run_id"] for row in curves):
-        rows = [r for r in curves if r["run_id"] == run_id]
-        fig.add_trace(
-            go.Scatter(
-                x=[r["step"] for r in rows], y=[r.get(key) for r in rows], mode="lines", name=rows[0]["run"]
-            )
-        )
-    if target is not None:
-        fig.add_hline(y=target, line_dash="dot", annotation_text=f"target {target:.0%}")
-    which = key.split("_")[0]
-    if metric == "accuracy":
-        return _layout(fig, f"{which.capitalize()} accuracy", "accuracy", percent=True)
-    return _layout(fig, f"{which.capitalize()} cross-entropy", "cross-entropy")
-
-
-def _confusion_figure(matrix: list[list[int]], names: Sequence[str]):
-    import plotly.graph_objects as go
-
-    fig = go.Figure(
-        go.Heatmap(
-            z=matrix, x=list(names), y=list(names), colorscale="Blues", texttemplate="%{z}", showscale=False
-        )
-    )
-    _layout(fig, "Confusion matrix (rows: true class)", "true class")
-    fig.update_xaxes(title="predicted class", type="category", tickangle=_tick_angle(names))
-    fig.update_yaxes(autorange="reversed", type="category")
-    return fig
-
-
-def _per_class_figure(per_class: dict[str, float]):
-    import plotly.graph_objects as go
-
-    names = list(per_class)
-    fig = go.Figure(
-        go.Bar(
-            x=names,
-            y=[per_class[n] for n in names],
-            text=[_pct(per_class[n]) for n in names],
-            textposition="auto",
-        )
-    )
-    _layout(fig, "Accuracy per class (test)", "accuracy", percent=True)
-    fig.update_xaxes(title="class", type="category", tickangle=_tick_angle(names))
-    return fig
-
-
-def _tick_angle(names: Sequence[str]) -> int | None:
-    """Slanted category labels when they are long or many, so plotly does not hide some of them."""
-    return -30 if len(names) > 6 or max((len(str(n)) for n in names), default=0) > 14 else None
 
 
 # -- helpers ----------------------------------------------------------------------------------------
