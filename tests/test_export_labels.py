@@ -133,8 +133,8 @@ def test_keras_download_loads_in_safe_mode_with_its_labels(run, tmp_path, monkey
 
 
 def test_packages_only_what_the_lab_wrote(run):
-    with pytest.raises(NotFound, match="no tflite-int8 export yet"):
-        package.download_package(run, "tflite-int8")  # not converted
+    with pytest.raises(NotFound, match="no savedmodel export yet"):
+        package.download_package(run, "savedmodel")  # not converted in this module
     with pytest.raises(InvalidArgument, match="TensorRT engines are built per GPU"):
         package.download_package(run, "tensorrt-fp16")
     with pytest.raises(InvalidArgument, match="cannot be downloaded"):
@@ -179,3 +179,14 @@ def test_cli_convert_writes_the_named_packages(run, tmp_path, capsys):
     (tmp_path / "a file").write_text("")
     assert main(["convert", "--run", run, "--to", "onnx", "--package", str(tmp_path / "a file")]) == 2
     assert "--package" in capsys.readouterr().err  # one line naming the option, no traceback
+
+
+@pytest.mark.slow
+def test_int8_download_tells_a_litert_user_about_uint8(run, tmp_path, monkeypatch, capsys):
+    convert.convert_run(run, ["tflite-int8"], calibration_images=20)  # calibrates on the demo set
+    name, data = package.download_package(run, "tflite-int8")
+    assert name == f"classifier-lab-{run}-tflite-int8.zip"
+    assert f"classifier-lab-{run}-tflite-int8.tflite" in unpack(data, tmp_path)
+    readme = (tmp_path / "README.txt").read_text()
+    assert "uint8 RGB pixels 0..255" in readme and "divide by 255" in readme
+    assert run_readme(tmp_path, monkeypatch, capsys) in LABELS  # the README's zeros are uint8 here
