@@ -1,19 +1,28 @@
 """Runs: every run in a sortable, filterable table; compare several; inspect, download or delete one."""
 
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import STATUS_ICONS, guard, plot
+from dashboard.components import STATUS_ICONS, guard, link_url, plot
 from engine.progress import PHASES
+from engine.runs import report, share
 from engine.runs.results import RunResults
 
 
 def run_label(run) -> str:
-    return f"{run.name} · {run.id}"
+    return " · ".join([run.name, run.id, *([run.author] if run.author else [])])
+
+
+def origin_text(run) -> str | None:
+    """'imported from Ada (run 2026…)' for an imported run, None for one trained here."""
+    if not run.imported:
+        return None
+    return f"imported from {run.origin.get('from') or 'someone'} (run {run.origin.get('original_run_id')})"
 
 
 def short_label(run) -> str:
@@ -26,6 +35,8 @@ def run_row(run, experiments: dict[str, str]) -> dict:
     train = cfg.get("train", {})
     return {
         "name": run.name,
+        "author": run.author,
+        "origin": origin_text(run),
         "experiment": experiments.get(run.experiment_id) if run.experiment_id else None,
         "status": run.status,
         "test accuracy": res.test_accuracy,
@@ -44,6 +55,15 @@ def run_row(run, experiments: dict[str, str]) -> dict:
     }
 
 
+def bundle_bytes(run_id: str) -> bytes:
+    """The run's share bundle: built when its button is clicked, not on every rerun."""
+    return share.export_bundle(run_id, store=cache.store()).read_bytes()
+
+
+def report_bytes(run_id: str) -> bytes:
+    return report.run_report_html(run_id, store=cache.store()).encode("utf-8")
+
+
 def history(run) -> pd.DataFrame:
     frame = pd.DataFrame(cache.store().get_history(run.id))
     if frame.empty:
@@ -53,6 +73,24 @@ def history(run) -> pd.DataFrame:
 
 
 st.title(":material/table_chart: Runs")
+
+with st.expander("Import a run bundle", icon=":material/upload_file:"):
+    st.caption(
+        "A classmate's `classifier-lab-run-<id>.zip` (the **Share bundle** button below). It is checked "
+        "before anything is stored: a damaged or unsafe bundle is refused with the reason."
+    )
+    upload = st.file_uploader("Run bundle (.zip)", type=["zip"], key="runs_import_file")
+    if st.button("Import", icon=":material/upload:", disabled=upload is None, key="runs_import"):
+        with guard("Importing the bundle"):
+            imported_id = share.import_bundle(upload, store=cache.store(), name=upload.name)
+            st.session_state["runs_imported"] = st.session_state["runs_select"] = imported_id
+    if st.session_state.get("runs_imported"):
+        imported_id = st.session_state["runs_imported"]
+        st.success(
+            f"Imported as run `{imported_id}`: selected under **One run** below "
+            f"([link to it]({link_url('run', imported_id)})).",
+            icon=":material/check_circle:",
+        )
 
 with guard("Reading runs"):
     runs = cache.store().list_runs()
@@ -71,7 +109,9 @@ shown = table
 if search:
     needle = search.lower()
     shown = shown[
-        shown["name"].str.lower().str.contains(needle, regex=False) | shown["id"].str.contains(needle)
+        shown["name"].str.lower().str.contains(needle, regex=False)
+        | shown["id"].str.contains(needle, regex=False)
+        | shown["author"].fillna("").str.lower().str.contains(needle, regex=False)
     ]
 if statuses:
     shown = shown[shown["status"].isin(statuses)]
@@ -149,10 +189,16 @@ if chosen:
 
 # -- one run ---------------------------------------------------------------------------------------
 st.subheader("One run")
+if wanted := st.session_state.pop("runs_select", None):  # a run just imported
+    st.session_state["runs_detail"] = next((k for k, r in by_label.items() if r.id == wanted), None)
 label = st.selectbox("Run", list(by_label), key="runs_detail")
 run = by_label[label]
 res = RunResults.of(run)
-st.markdown(f"{STATUS_ICONS.get(run.status, '')} **{run.name}** · `{run.id}` · {run.status}")
+st.markdown(
+    f"{STATUS_ICONS.get(run.status, '')} **{run.name}** · `{run.id}` · {run.status}"
+    + (f" · by {run.author}" if run.author else "")
+    + (f" · :material/move_to_inbox: {origin_text(run)}" if run.imported else "")
+)
 if run.error:
     st.error(run.error, icon=":material/error:")
 
@@ -166,6 +212,27 @@ actions.download_button(
     icon=":material/download:",
     disabled=model is None,
     key="download_model",
+)
+shareable = model is not None and run.status == "finished"
+actions.download_button(
+    "Share bundle",
+    data=partial(bundle_bytes, run.id),
+    file_name=share.bundle_file_name(run.id),
+    mime="application/zip",
+    icon=":material/share:",
+    disabled=not shareable,
+    help="One .zip with the model, class names, metrics, model card and report, for another lab's "
+    "Import box (or `python -m engine import FILE`)",
+    key="download_bundle",
+)
+actions.download_button(
+    "Download report (HTML)",
+    data=partial(report_bytes, run.id),
+    file_name=report.report_file_name("run", run.id),
+    mime="text/html",
+    icon=":material/description:",
+    help="One self-contained page (charts, confusion, gallery, model card) that opens in any browser",
+    key="download_report",
 )
 with actions.popover("Delete…", icon=":material/delete:", disabled=run.status == "running"):
     st.markdown(f"Delete **{run.name}** and its folder (model, metrics)? This cannot be undone.")
@@ -196,8 +263,8 @@ with tabs[2]:
     cols = st.columns(6)
     for i, item in enumerate(wrong[:48]):
         with cols[i % 6]:
-            try:
-                st.image(cache.thumbnail(item["path"], 160), width="stretch")
+            try:  # an imported run's thumbnails travelled in its bundle; a local run's photos are on disk
+                st.image(share.thumbnail_bytes(item) or cache.thumbnail(item["path"], 160), width="stretch")
             except Exception:  # the dataset may have moved since the run; say so instead of failing
                 st.caption(f":material/broken_image: {Path(item['path']).name} is no longer readable")
             st.caption(f"true **{item['true']}** → {item['predicted']} ({item['probability']:.0%})")

@@ -315,3 +315,34 @@ def test_round_trip_on_real_flowers_gives_identical_predictions(
     int8 = Classifier.from_run(imported, store=classmate, fmt="tflite-int8").classify(photos, top_k=1)
     agree = np.mean([a.top1 == b.top1 for a, b in zip(theirs, int8, strict=True)])
     assert agree >= 0.8, agree
+
+
+# -- the Runs page --------------------------------------------------------------------------------
+def test_runs_page_imports_a_bundle_and_offers_to_share_it(tiny, lab_home):
+    from streamlit.testing.v1 import AppTest
+
+    _, run_id, bundle = tiny
+    at = AppTest.from_file(
+        str(Path(__file__).parents[1] / "dashboard" / "runs.py"), default_timeout=120
+    ).run()
+    assert not at.exception and "No runs yet" in at.info[0].value
+    at.file_uploader(key="runs_import_file").set_value((bundle.name, bundle.read_bytes(), "application/zip"))
+    at.run()  # the browser reruns the page when a file is chosen
+    at.button(key="runs_import").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    (imported,) = RunStore().list_runs()
+    assert imported.origin["original_run_id"] == run_id
+    assert at.success and imported.id in at.success[0].value
+    row = at.dataframe[0].value.iloc[0]
+    assert (row["author"], row["id"]) == ("Ada", imported.id)
+    assert row["origin"] == f"imported from Ada (run {run_id})"
+    assert imported.id in at.selectbox(key="runs_detail").value  # the imported run is the one shown
+    buttons = {b.proto.label: b.proto for b in at.get("download_button")}
+    assert buttons["Share bundle"].disabled is False
+    assert "Download report (HTML)" in buttons
+    # a hostile upload: the reason on the page, nothing stored
+    at.file_uploader(key="runs_import_file").set_value(("evil.zip", b"not a zip at all", "application/zip"))
+    at.run()
+    at.button(key="runs_import").click().run()
+    assert not at.exception and at.error and "not a valid zip archive" in at.error[0].value
+    assert [r.id for r in RunStore().list_runs()] == [imported.id]
