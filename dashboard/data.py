@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import guard, page_link, plot
+from dashboard.components import current_author, guard, page_link, plot
 from engine import config
-from engine.data import datasets, uploads
+from engine.data import datasets, quota, uploads
 
 SOURCES = {
     "demo": ":material/category: Demo set",
@@ -67,7 +67,7 @@ with st.container(border=True):
         name = st.text_input("Dataset name", placeholder=default_name, key="zip_name").strip() or default_name
         if st.button("Unpack and use", type="primary", disabled=upload is None, icon=":material/unarchive:"):
             with guard("Unpacking the zip"), st.spinner("Checking and unpacking the archive…"):
-                path = datasets.extract_zip(upload, name)
+                path = datasets.extract_zip(upload, name, quota=quota.upload_quota(name, current_author()))
                 use_dataset(path, f"Unpacked {name}")
 
     elif source == "per_class":
@@ -88,7 +88,9 @@ with st.container(border=True):
             "Save images and use", type="primary", disabled=not files_by_class, icon=":material/save:"
         ):
             with guard("Saving the uploaded images"):
-                result = uploads.save_class_images(name, files_by_class)
+                result = uploads.save_class_images(
+                    name, files_by_class, quota=quota.upload_quota(name, current_author())
+                )
                 for file_name, reason in result.refused:
                     st.warning(f"Refused {file_name}: {reason}", icon=":material/block:")
                 saved = ", ".join(f"{label}: {n}" for label, n in result.saved.items())
