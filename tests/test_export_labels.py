@@ -133,8 +133,8 @@ def test_keras_download_loads_in_safe_mode_with_its_labels(run, tmp_path, monkey
 
 
 def test_packages_only_what_the_lab_wrote(run):
-    with pytest.raises(NotFound, match="no savedmodel export yet"):
-        package.download_package(run, "savedmodel")  # not converted in this module
+    with pytest.raises(NotFound, match="no tflite-fp16 export yet"):
+        package.download_package(run, "tflite-fp16")  # never converted in this module
     with pytest.raises(InvalidArgument, match="TensorRT engines are built per GPU"):
         package.download_package(run, "tensorrt-fp16")
     with pytest.raises(InvalidArgument, match="cannot be downloaded"):
@@ -190,3 +190,13 @@ def test_int8_download_tells_a_litert_user_about_uint8(run, tmp_path, monkeypatc
     readme = (tmp_path / "README.txt").read_text()
     assert "uint8 RGB pixels 0..255" in readme and "divide by 255" in readme
     assert run_readme(tmp_path, monkeypatch, capsys) in LABELS  # the README's zeros are uint8 here
+
+
+@pytest.mark.slow
+def test_savedmodel_download_is_a_folder_with_labels(run, tmp_path, monkeypatch, capsys):
+    convert.convert_run(run, ["savedmodel"])
+    name, data = package.download_package(run, "savedmodel")
+    assert name == f"classifier-lab-{run}-savedmodel.zip"
+    names = unpack(data, tmp_path)
+    assert f"classifier-lab-{run}-savedmodel/saved_model/saved_model.pb" in names and "labels.txt" in names
+    assert run_readme(tmp_path, monkeypatch, capsys) in LABELS
