@@ -44,8 +44,7 @@ PR_SET_CHILD_SUBREAPER = 36
 # -- one student ---------------------------------------------------------------------------------
 def student(index: int, steps: int, timeout: float, out: Path) -> int:
     """One simulated student; writes what happened to `out` (JSON) and returns an exit code."""
-    from engine import config
-    from engine.data import archives, sources, uploads
+    from engine.data import archives, quota, sources, uploads
     from engine.jobs import queue
     from engine.runs.retrain import RunConfig
     from engine.training.config import TrainConfig
@@ -62,16 +61,17 @@ def student(index: int, steps: int, timeout: float, out: Path) -> int:
                 if c.is_dir()
             }
             photo = next(iter(files.values()))[0][1]
-        name, quota = f"student-{index:02d}", config.user_quota_bytes()
+        name = f"student-{index:02d}"
+        allowed = quota.upload_quota(name, f"student {index}")  # the class-mode quota per name
         if index % 2 == 0:
-            folder = uploads.save_class_images(name, files, quota=quota).folder
+            folder = uploads.save_class_images(name, files, quota=allowed).folder
         else:
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w") as zf:
                 for label, items in files.items():
                     for file_name, data in items:
                         zf.writestr(f"{label}/{file_name}", data)
-            folder = archives.extract_zip(buffer.getvalue(), name, quota=quota)
+            folder = archives.extract_zip(buffer.getvalue(), name, quota=allowed)
         report["upload_seconds"] = time.time() - t0
 
         train = TrainConfig(steps=steps, learning_rate=rng.choice([0.005, 0.01, 0.05]), eval_interval=5)
@@ -125,6 +125,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.students, self.store, self.interval = students, store, interval
         self.peak_rss = self.peak_processes = self.max_running = 0
+        self.peak_workers_rss = self.peak_worker_rss = 0  # all job workers together; the biggest one
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -132,18 +133,23 @@ class Sampler(threading.Thread):
 
         me = psutil.Process()
         while not self.stop.is_set():
-            rss, count = me.memory_info().rss, 1
+            rss, count, workers = me.memory_info().rss, 1, []
             for child in me.children(recursive=True):
                 try:
                     if child.status() == psutil.STATUS_ZOMBIE:
                         if child.ppid() == me.pid and child.pid not in self.students:
                             os.waitpid(child.pid, os.WNOHANG)  # an adopted worker that ended
                         continue
-                    rss += child.memory_info().rss
+                    child_rss = child.memory_info().rss
+                    rss += child_rss
                     count += 1
+                    if "engine.jobs.worker" in child.cmdline():
+                        workers.append(child_rss)
                 except (psutil.NoSuchProcess, ChildProcessError):
                     continue
             self.peak_rss, self.peak_processes = max(self.peak_rss, rss), max(self.peak_processes, count)
+            self.peak_workers_rss = max(self.peak_workers_rss, sum(workers))
+            self.peak_worker_rss = max([self.peak_worker_rss, *workers])
             try:
                 running = sum(j.status == "running" for j in self.store.list_jobs(active_only=True))
                 self.max_running = max(self.max_running, running)
@@ -178,7 +184,7 @@ def check_store(home: Path, expected: int) -> list[str]:
     ]
     uploads = home / "datasets" / "uploads"
     names = {f"student-{i:02d}" for i in range(expected)}
-    found = {p.name for p in uploads.iterdir()} if uploads.is_dir() else set()
+    found = {p.name for p in uploads.iterdir() if p.name != ".owners"} if uploads.is_dir() else set()
     problems += [f"unexpected entry in uploads: {n}" for n in sorted(found - names)]
     problems += [f"upload missing: {n}" for n in sorted(names - found)]
     return problems
@@ -257,6 +263,8 @@ def run_load(
         "timed_out": timed_out,
         "wall_seconds": round(wall, 1),
         "peak_rss_mb": round(sampler.peak_rss / 1024**2),
+        "peak_workers_rss_mb": round(sampler.peak_workers_rss / 1024**2),
+        "peak_one_worker_rss_mb": round(sampler.peak_worker_rss / 1024**2),
         "peak_processes": sampler.peak_processes,
         "max_running_seen": sampler.max_running,
         "queue_seconds_median": round(queue_waits[len(queue_waits) // 2], 1) if queue_waits else None,
