@@ -4,7 +4,15 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cache, charts
-from dashboard.components import followed_job, guard, job_header, job_progress, plot, run_label
+from dashboard.components import (
+    followed_job,
+    guard,
+    job_header,
+    job_progress,
+    plot,
+    query_selection,
+    run_label,
+)
 from engine.export import compare, convert, package
 from engine.export.runtimes import FORMATS
 from engine.jobs import queue as jobs
@@ -162,7 +170,14 @@ if not runs:
 form, view = st.columns([1, 2], gap="large")
 with form, st.container(border=True):
     labels = {r.id: run_label(r) for r in runs}
-    run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="convert_run")
+    linked = query_selection("run", labels)  # /convert?run=ID opens at that run
+    run_id = st.selectbox(
+        "Run",
+        list(labels),
+        index=list(labels).index(linked) if linked else 0,
+        format_func=labels.get,
+        key="convert_run",
+    )
     formats = st.multiselect(
         "Formats",
         [f for f in FORMATS if f != "keras"],

@@ -157,10 +157,12 @@ def test_convert_page_offers_named_packages_and_the_author(run):
     from streamlit.testing.v1 import AppTest
 
     page = Path(__file__).resolve().parents[1] / "dashboard" / "convert.py"
-    at = AppTest.from_file(str(page), default_timeout=60).run()
+    at = AppTest.from_file(str(page), default_timeout=60)
+    at.query_params["run"] = run
+    at.run()
     assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
     picker = at.selectbox(key="convert_run")
-    assert picker.value == run and picker.options == [f"labels run · {run} · Ada L."]
+    assert picker.value == run and f"labels run · {run} · Ada L." in picker.options
     buttons = {b.proto.label: b.proto for b in at.get("download_button")}
     assert set(buttons) == {"Download keras", "Download tflite-fp32", "Download onnx"}
     assert buttons["Download onnx"].help == f"classifier-lab-{run}-onnx.zip"
@@ -200,3 +202,16 @@ def test_savedmodel_download_is_a_folder_with_labels(run, tmp_path, monkeypatch,
     names = unpack(data, tmp_path)
     assert f"classifier-lab-{run}-savedmodel/saved_model/saved_model.pb" in names and "labels.txt" in names
     assert run_readme(tmp_path, monkeypatch, capsys) in LABELS
+
+
+def test_convert_page_opens_at_the_linked_run(run):
+    from streamlit.testing.v1 import AppTest
+
+    other = RunStore().create_run({"source": "demo"}, name="newer run")
+    RunStore().finish_run(other.id, {})
+    page = Path(__file__).resolve().parents[1] / "dashboard" / "convert.py"
+    at = AppTest.from_file(str(page), default_timeout=60)
+    assert at.run().selectbox(key="convert_run").value == other.id  # newest first
+    at = AppTest.from_file(str(page), default_timeout=60)
+    at.query_params["run"] = run
+    assert at.run().selectbox(key="convert_run").value == run
