@@ -273,10 +273,10 @@ def import_bundle(path: str | os.PathLike | bytes | BinaryIO, store=None, name: 
         data = _read_members(zf, infos, manifest, label, tmp)
         bundle_sha256 = _bundle_hash(manifest)
         author = _author(manifest, label)
-        existing = _already_here(store, manifest, bundle_sha256, author, data)
+        content = _validate(data, manifest, label, tmp / "model.keras")  # even for a bundle seen before
+        existing = _already_here(store, manifest, bundle_sha256, author)
         if existing is not None:
             return existing
-        content = _validate(data, manifest, label, tmp / "model.keras")
         return _store_run(store, manifest, content, author, bundle_sha256)
 
 
@@ -435,7 +435,7 @@ def _author(manifest: dict[str, Any], label: str) -> str | None:
     return author.strip() or None
 
 
-def _already_here(store, manifest, bundle_sha256: str, author: str | None, data) -> str | None:
+def _already_here(store, manifest, bundle_sha256: str, author: str | None) -> str | None:
     found = store.find_imported_run(bundle_sha256, manifest["run_id"], author)
     if found is not None:
         return found.id
