@@ -180,3 +180,8 @@ def user_quota_bytes() -> int | None:
     if serve_mode() != "class":
         return None
     return _whole_number_setting("LAB_USER_QUOTA_MB", DEFAULT_USER_QUOTA_MB, 0) * 1024**2
+
+
+def litert_dir() -> Path:
+    """Backbones converted to LiteRT for extraction, one .tflite per (backbone, weights, versions)."""
+    return _sub(None, "cache", "litert")

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from engine.data import images
-from engine.errors import BadImage, InvalidArgument
+from engine.errors import BadImage, InvalidArgument, LabError
+from engine.features import litert
 from engine.features.cache import FeatureCache, file_hash, model_key
 from engine.features.decode import decode_dataset
 from engine.models import backbones
@@ -41,6 +42,10 @@ class ExtractionStats:
     # inputs left out because their file could not be read or decoded: {"path", "reason"} each,
     # so a run lists them instead of failing on one truncated or corrupt image
     skipped: tuple[dict[str, str], ...] = ()
+    # which runtime ran the backbone ("litert" or "tensorflow"; "" when nothing was extracted),
+    # and why not LiteRT when TensorFlow did
+    runtime: str = ""
+    fallback_reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,20 +66,95 @@ class FeatureSet:
 
 @dataclass(frozen=True)
 class Extractor:
-    """A built backbone behind one compiled forward function (0..255 pixels -> features)."""
+    """A built backbone behind one forward function (0..255 pixels -> features).
+
+    `runtime` says which runtime runs it: "litert" (the converted backbone of engine/features/litert,
+    XNNPACK; `model` is None, the Keras model was not even built) or "tensorflow" (one compiled
+    tf.function over `model`), with `fallback_reason` saying why LiteRT was not used.
+    """
 
     name: str
     key: str  # model_key(...) of the weights it was built with
     input_size: int
     feature_dim: int
-    model: Any  # the keras.Model (backbones.build_feature_extractor)
-    forward: Any  # tf.function over `model`: float32 (batch, size, size, 3) -> (batch, feature_dim)
-    build_seconds: float  # building the model plus tracing the forward function
+    model: Any  # the keras.Model (backbones.build_feature_extractor); None for LiteRT
+    forward: Any  # float32 (batch, size, size, 3) -> (batch, feature_dim), a tensor or an array
+    build_seconds: float  # building (or loading, or converting) plus tracing the forward function
+    runtime: str = "tensorflow"
+    fallback_reason: str = ""
+
+    def run(self, pixels) -> np.ndarray:
+        """Features of a batch of pixels, as a float32 array."""
+        out = self.forward(pixels if self.runtime == "tensorflow" else np.asarray(pixels))
+        return out.numpy() if hasattr(out, "numpy") else out
 
 
-def feature_extractor(backbone: str, weights: str = "imagenet", seed: int | None = 0) -> Extractor:
-    """The compiled extractor for (backbone, weights, seed); the last two stay built in memory."""
-    return _build_extractor(backbone, weights, seed, model_key(backbone, weights, seed))
+RUNTIMES = ("auto", "litert", "tensorflow")
+# "auto" converts a backbone to LiteRT only for a call with at least this many images to extract:
+# converting costs several seconds once (then it is on disk for every later call), more than a
+# small extraction saves; an already converted backbone is used for any number of images.
+CONVERT_MIN_IMAGES = 1000
+
+
+def feature_extractor(
+    backbone: str,
+    weights: str = "imagenet",
+    seed: int | None = 0,
+    *,
+    runtime: str = "auto",
+    images: int | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> Extractor:
+    """The extractor for (backbone, weights, seed); the last two of each runtime stay in memory.
+
+    runtime "tensorflow": TensorFlow's compiled forward. "litert": the LiteRT backbone, converted
+    first when it is not on disk (progress phase "convert", cancellable between steps); raises
+    LabError when it cannot be used. "auto": LiteRT when converted already, or when `images` (to
+    extract) is None or >= CONVERT_MIN_IMAGES; else, or when LiteRT fails, TensorFlow with
+    `fallback_reason` set.
+    """
+    if runtime not in RUNTIMES:
+        raise InvalidArgument(f"runtime must be one of {', '.join(RUNTIMES)}, got runtime={runtime!r}")
+    key = model_key(backbone, weights, seed)
+    if runtime == "tensorflow":
+        return _build_extractor(backbone, weights, seed, key)
+    reason = litert.available() or litert.known_failure(key)
+    few = images is not None and images < CONVERT_MIN_IMAGES
+    if reason is None and runtime == "auto" and few and not litert.cached(key):
+        reason = f"not converted to LiteRT yet, and {images} images do not repay converting"
+    if reason is None:
+        lite = _lite_extractor(backbone, weights, seed, key, progress, cancel)
+        if isinstance(lite, Extractor):
+            return lite
+        reason = lite
+    if runtime == "litert":
+        raise LabError(f"{backbone} cannot run in LiteRT: {reason}")
+    return replace(_build_extractor(backbone, weights, seed, key), fallback_reason=reason)
+
+
+_LITE: dict[str, Extractor] = {}  # model key -> loaded LiteRT extractor (the last two)
+
+
+def _lite_extractor(name, weights, seed, key, progress, cancel) -> Extractor | str:
+    """The LiteRT extractor of `key`, converting it first if needed; or why it cannot be had."""
+    if key in _LITE:
+        return _LITE[key]
+    start = time.perf_counter()
+    entry = backbones.get_backbone(name)
+    forward = litert.load(key)
+    if forward is None:
+        model = _build_extractor(name, weights, seed, key).model
+        forward, reason, _ = litert.convert(key, model, entry.input_size, progress, cancel)
+        if forward is None:
+            return reason
+    seconds = time.perf_counter() - start
+    entry_dims = (entry.input_size, entry.feature_dim)
+    extractor = Extractor(entry.name, key, *entry_dims, None, forward, seconds, "litert")
+    while len(_LITE) >= 2:
+        _LITE.pop(next(iter(_LITE)))
+    _LITE[key] = extractor
+    return extractor
 
 
 @functools.lru_cache(maxsize=2)
@@ -165,6 +245,7 @@ def extract_features(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     cache: FeatureCache | None = None,
+    runtime: str = "auto",
 ) -> FeatureSet:
     """Bottleneck features of each image, in input order, reusing and filling the cache.
 
@@ -179,16 +260,20 @@ def extract_features(
         progress: receives phase "extract" events (done/total images, hits, misses).
         cancel: checked between batches; batches already extracted stay cached.
         cache: defaults to `FeatureCache()` under `config.cache_dir()`.
+        runtime: "auto", "litert" or "tensorflow" (see `feature_extractor`); both runtimes give
+            features within litert.TOLERANCE of each other, so they share the cache key.
 
     Returns:
         FeatureSet with features (N kept, feature_dim) float32, the content hashes, the kept input
         indices and stats (skipped inputs included).
 
     Raises:
-        Cancelled, NotFound, InvalidArgument, WeightsMissing.
+        Cancelled, NotFound, InvalidArgument, WeightsMissing; LabError (runtime "litert" only).
     """
     start = time.perf_counter()
     _check_args(backbone, weights, batch_size)
+    if runtime not in RUNTIMES:
+        raise InvalidArgument(f"runtime must be one of {', '.join(RUNTIMES)}, got runtime={runtime!r}")
     items = _inputs(records_or_paths)
     cache = cache if cache is not None else FeatureCache()
     key = model_key(backbone, weights, seed)
@@ -215,8 +300,12 @@ def extract_features(
     done += len(unreadable) + sum(uses[h] for h in bad)
 
     extract_seconds = 0.0
+    ran: tuple[str, str] = ("", "")
     if todo:
-        extractor = feature_extractor(backbone, weights, seed)
+        extractor = feature_extractor(
+            backbone, weights, seed, runtime=runtime, images=misses, progress=progress, cancel=cancel
+        )
+        ran = (extractor.runtime, extractor.fallback_reason)
         t0 = time.perf_counter()
         # Writes go to one background thread so the next batch's forward pass overlaps them;
         # leaving the block (also on Cancelled) waits for every queued write.
@@ -244,6 +333,7 @@ def extract_features(
     extracted = len([h for h in todo if h not in bad])
     served = total - extracted - len(skipped)  # from the cache, or a copy of an image extracted now
     stats = _stats(cache, key, served, extracted, extract_seconds, time.perf_counter() - start, skipped)
+    stats = replace(stats, runtime=ran[0], fallback_reason=ran[1])
     return FeatureSet(features=features, hashes=rows, stats=stats, kept=kept)
 
 
@@ -321,11 +411,11 @@ def _extract_batches(todo: list[_Todo], extractor: Extractor, batch_size: int, c
             except tf.errors.OpError:
                 chunk = todo[pos : pos + batch_size]
                 good, pixels = _decode_with_pillow(chunk, extractor.input_size, bad)
-                vectors = extractor.forward(pixels).numpy() if good else np.zeros((0, extractor.feature_dim))
+                vectors = extractor.run(pixels) if good else np.zeros((0, extractor.feature_dim))
                 yield [t.image_hash for t in chunk], good, vectors
                 pos += len(chunk)
                 break  # a failed iterator is done: start a new pipeline after this batch
-            vectors = extractor.forward(pixels).numpy()
+            vectors = extractor.run(pixels)
             chunk = [t.image_hash for t in todo[pos : pos + len(vectors)]]
             yield chunk, chunk, vectors
             pos += len(chunk)
