@@ -27,6 +27,7 @@ PHASES = (
     "save",
     "convert",
     "bench",
+    "classify",
 )
 
 

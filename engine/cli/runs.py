@@ -48,6 +48,12 @@ def add_parser(subparsers) -> None:
         choices=FORMATS,
         help="run the run's model in this format (converted first if missing; see `convert`)",
     )
+    c.add_argument(
+        "--batch_size",
+        type=int,
+        default=32,
+        help="photos per forward pass when classifying several (1: one by one, per-photo latency)",
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_classify)
 
@@ -100,11 +106,17 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from engine.errors import InvalidArgument
     from engine.export.predict import Classifier, expand_paths
 
+    if args.batch_size < 1:
+        raise InvalidArgument(f"--batch_size must be a positive integer, got {args.batch_size}")
     paths = expand_paths(args.paths)
     classifier = Classifier.from_run(args.run, fmt=args.format)
-    results = classifier.classify(paths, top_k=args.top_k)
+    if len(paths) > 1 and args.batch_size > 1:  # a folder: decoded and run in batches, same results
+        results = classifier.predict_batch(paths, top_k=args.top_k, batch_size=args.batch_size)
+    else:
+        results = classifier.classify(paths, top_k=args.top_k)
     failed = 0
     for res in results:
         if res.error:

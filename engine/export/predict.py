@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ import numpy as np
 from engine import config
 from engine.data import images
 from engine.errors import InvalidArgument, NotFound, WeightsMissing
+from engine.machine import usable_cores
 from engine.models import backbones
+from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 
 IMAGENET_INDEX_URL = "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
 
@@ -104,39 +107,102 @@ class Classifier:
         """Probabilities for a batch of (N, size, size, 3) 0..255 pixels."""
         return self.runtime.predict(np.asarray(pixels, dtype=np.float32))
 
+    def _top(self, source: str, probs: np.ndarray, k: int, latency_ms: float) -> Prediction:
+        order = np.argsort(-probs)[:k]
+        return Prediction(
+            source,
+            [self.class_names[i] for i in order],
+            [round(float(probs[i]), 6) for i in order],
+            round(latency_ms, 2),
+        )
+
+    def _decode(self, item: Any) -> tuple[str, np.ndarray | None, str | None, float]:
+        """(source, pixels or None, error, seconds): the one decode both paths share."""
+        source = str(item) if isinstance(item, (str, Path)) else str(getattr(item, "name", "upload"))
+        start = time.perf_counter()
+        try:
+            if isinstance(item, (str, Path)):
+                pixels = images.load_image(item, self.input_size)
+            else:
+                data = item if isinstance(item, bytes) else item.getvalue()
+                pixels = images.decode_image_bytes(data, self.input_size, name=source)
+        except Exception as exc:  # BadImage and friends: report per image, keep going
+            return source, None, str(exc), 0.0
+        return source, pixels, None, time.perf_counter() - start
+
     def classify(self, items: list[Any], top_k: int = 5) -> list[Prediction]:
         """Classify image files or raw bytes one by one (per-image latency is what users feel).
 
         Unreadable images produce a Prediction with `error` set instead of stopping the batch.
         """
-        if not isinstance(top_k, int) or top_k < 1:
-            raise InvalidArgument(f"top_k must be a positive integer, got top_k={top_k!r}")
-        k = min(top_k, len(self.class_names))
+        k = _check_top_k(top_k, len(self.class_names))
         results = []
         for item in items:
-            source = item if isinstance(item, (str, Path)) else getattr(item, "name", "upload")
-            start = time.perf_counter()
-            try:
-                if isinstance(item, (str, Path)):
-                    pixels = images.load_image(item, self.input_size)
-                else:
-                    data = item if isinstance(item, bytes) else item.getvalue()
-                    pixels = images.decode_image_bytes(data, self.input_size, name=str(source))
-            except Exception as exc:  # BadImage and friends: report per image, keep going
-                results.append(Prediction(str(source), [], [], 0.0, error=str(exc)))
+            source, pixels, error, decode_seconds = self._decode(item)
+            if error is not None:
+                results.append(Prediction(source, [], [], 0.0, error=error))
                 continue
+            start = time.perf_counter()
             probs = self.predict_arrays(pixels[None])[0]
-            latency = (time.perf_counter() - start) * 1000
-            order = np.argsort(-probs)[:k]
-            results.append(
-                Prediction(
-                    str(source),
-                    [self.class_names[i] for i in order],
-                    [round(float(probs[i]), 6) for i in order],
-                    round(latency, 2),
-                )
-            )
+            latency = (decode_seconds + time.perf_counter() - start) * 1000
+            results.append(self._top(source, probs, k, latency))
         return results
+
+    def predict_batch(
+        self,
+        items: list[Any],
+        top_k: int = 5,
+        batch_size: int = 32,
+        progress: ProgressFn | None = None,
+        cancel: CancelFn | None = None,
+    ) -> list[Prediction]:
+        """Classify many image files or raw bytes in batches: the same results as `classify`.
+
+        Each photo is decoded exactly as `classify` decodes it (`images.load_image` or
+        `decode_image_bytes`), on one thread per core while the model runs the previous batch;
+        batches of `batch_size` go through the model at once. Per photo, the top-1 is the same as
+        `classify`'s and the probabilities agree within 1e-5 (tests/test_predict_batch.py).
+        `latency_ms` is the photo's decode time plus its share of its batch's forward pass.
+        Unreadable images get a Prediction with `error` set, in their place.
+
+        Raises:
+            InvalidArgument: bad top_k or batch_size.  Cancelled: between batches.
+        """
+        k = _check_top_k(top_k, len(self.class_names))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgument(f"batch_size must be a positive integer, got batch_size={batch_size!r}")
+        items = list(items)
+        results: list[Prediction | None] = [None] * len(items)
+        chunks = [range(i, min(i + batch_size, len(items))) for i in range(0, len(items), batch_size)]
+        with ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="classify-decode") as pool:
+
+            def decode(chunk: range):
+                return [pool.submit(self._decode, items[i]) for i in chunk]
+
+            pending = decode(chunks[0]) if chunks else []
+            for n, chunk in enumerate(chunks):
+                check_cancel(cancel)
+                decoded = [f.result() for f in pending]
+                pending = decode(chunks[n + 1]) if n + 1 < len(chunks) else []  # decodes during forward
+                good = [(i, d) for i, d in zip(chunk, decoded, strict=True) if d[2] is None]
+                for i, (source, _, error, _) in zip(chunk, decoded, strict=True):
+                    if error is not None:
+                        results[i] = Prediction(source, [], [], 0.0, error=error)
+                if good:
+                    start = time.perf_counter()
+                    probs = self.predict_arrays(np.stack([d[1] for _, d in good]))
+                    share = (time.perf_counter() - start) / len(good)
+                    for (i, (source, _, _, seconds)), row in zip(good, probs, strict=True):
+                        results[i] = self._top(source, row, k, (seconds + share) * 1000)
+                done = chunk.stop
+                emit(progress, "classify", done, len(items), f"Classified {done} of {len(items)} photos")
+        return [r for r in results if r is not None]
+
+
+def _check_top_k(top_k: Any, classes: int) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InvalidArgument(f"top_k must be a positive integer, got top_k={top_k!r}")
+    return min(top_k, classes)
 
 
 def imagenet_labels() -> list[str]:
