@@ -113,6 +113,24 @@ def test_a_killed_worker_frees_its_slot_for_the_next(store):
     assert by_id[following].started >= by_id[victim].started
 
 
+def test_a_worker_that_cannot_start_fails_its_job_and_frees_the_slot(store, monkeypatch):
+    real_popen, calls = jobs.subprocess.Popen, []
+
+    def flaky_popen(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError("no processes left")
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", flaky_popen)
+    with pytest.raises(LabError, match="Could not start the worker process: no processes left"):
+        jobs.start_job("count", {"n": 1, "delay": 0.0}, store=store)
+    (failed,) = store.list_jobs()
+    assert failed.status == "failed" and "no processes left" in failed.error
+    next_one = jobs.start_job("count", {"n": 1, "delay": 0.0}, store=store)
+    assert poll_until(store, lambda by_id: not by_id[next_one].active)[-1][next_one].status == "finished"
+
+
 def test_a_slot_given_to_a_job_whose_starter_died_goes_back_in_line(store):
     stranded = store.create_job("count", {"n": 1, "delay": 0.0}).id
     assert store.promote_jobs(1) == [stranded]  # the slot is given, then nobody starts the worker
