@@ -211,6 +211,34 @@ def test_a_damaged_store_file_is_a_clear_error_and_left_untouched(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.sqlite"]  # no journal or WAL beside it
 
 
+def test_another_programs_database_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "lab.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE runs (x INTEGER)")
+        conn.execute("INSERT INTO runs VALUES (1)")
+    conn.close()
+    before = path.read_bytes()
+    for action in (lambda s: s.list_runs(), lambda s: s.create_run({})):
+        with pytest.raises(StoreUnavailable, match=f"{re.escape(str(path))} is another program's SQLite"):
+            action(RunStore(path))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab.sqlite"]
+
+
+def test_a_run_with_damaged_json_is_listed_with_its_damage(store):
+    good = store.create_run({"architecture": "a"}, name="good")
+    bad = store.create_run({"architecture": "b"}, name="bad")
+    store.connection().execute(
+        "UPDATE runs SET config = '{broken', results = '[1]', environment = 'nope' WHERE id = ?", (bad.id,)
+    )
+    runs = {run.id: run for run in store.list_runs()}
+    assert runs[good.id].damage == () and runs[good.id].config == {"architecture": "a"}
+    damaged = runs[bad.id]
+    assert (damaged.config, damaged.results, damaged.environment) == ({}, {}, {})
+    assert len(damaged.damage) == 3 and all("damaged" in note for note in damaged.damage)
+    assert store.get_run(bad.id).damage == damaged.damage
+
+
 def test_a_store_path_that_is_a_folder_or_under_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "lab.sqlite").mkdir()
     with pytest.raises(StoreUnavailable, match="lab.sqlite is not a file"):

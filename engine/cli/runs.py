@@ -139,6 +139,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from engine.data.images import printable
     from engine.runs.store import RunStore
 
     runs = RunStore().list_runs()
@@ -151,18 +152,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 "name": run.name,
                 "status": run.status,
                 "architecture": (run.config or {}).get("architecture"),
-                "test_accuracy": acc,
+                "test_accuracy": acc if isinstance(acc, int | float) else None,
                 "created": run.created,
+                "damage": list(run.damage),
             }
         )
     if not rows:
         print("No runs yet: try `python -m engine retrain --image_dir demo`.")
-    for row in rows:
+    for row in rows:  # stored text may come from an older lab or another program: never raw to the terminal
         acc = row["test_accuracy"]
         print(
-            f"{row['id']:<22} {row['status']:<12} {str(row['architecture']):<22} "
-            f"{'-' if acc is None else f'{acc * 100:.1f}%':>7}  {row['name']}"
+            f"{printable(str(row['id'])):<22} {printable(str(row['status'])):<12} "
+            f"{printable(str(row['architecture'])):<22} "
+            f"{'-' if acc is None else f'{acc * 100:.1f}%':>7}  {printable(str(row['name']))}"
         )
+        for note in row["damage"]:
+            print(f"warning: run {printable(str(row['id']))}: {note}", file=sys.stderr)
     if args.json:
         print_json({"runs": rows})
     return 0

@@ -51,6 +51,8 @@ class Run:
     # for a run imported from a bundle: {"from", "original_run_id", "bundle_sha256", "imported_at"}
     origin: dict[str, Any] | None = None
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    # what was wrong with the stored row (a JSON column that did not parse, read as empty); () if nothing
+    damage: tuple[str, ...] = ()
 
     @property
     def imported(self) -> bool:
@@ -110,23 +112,45 @@ class Job:
         return asdict(self)
 
 
+def _loads(text: Any, default: Any, what: str, damage: list[str] | None = None) -> Any:
+    """A stored JSON column, or `default` (noted in `damage`) when it is damaged or of the wrong kind.
+
+    Another program, a disk fault or an older version may have written the column: one bad row must
+    not keep every other run from being listed.
+    """
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = _DAMAGED
+    if value is _DAMAGED or not isinstance(value, type(default)):
+        if damage is not None:
+            damage.append(f"its stored {what} is damaged and was read as empty")
+        return type(default)()
+    return value
+
+
+_DAMAGED = object()
+
+
 def experiment_from_row(row: Mapping[str, Any]) -> Experiment:
     """An `Experiment` from a row of the experiments table."""
-    return Experiment(row["id"], row["kind"], row["name"], json.loads(row["config"]), row["created"])
+    config = _loads(row["config"], {}, "config")
+    return Experiment(row["id"], row["kind"], row["name"], config, row["created"])
 
 
 def run_from_row(row: Mapping[str, Any], phases: dict[str, float]) -> Run:
-    """A `Run` from a row of the runs table and its phase times."""
-    values = dict(row)
+    """A `Run` from a row of the runs table and its phase times; damaged JSON columns go in `damage`."""
+    values, damage = dict(row), []
     for key in ("config", "environment", "results"):
-        values[key] = json.loads(values[key])
-    values["origin"] = None if values.get("origin") is None else json.loads(values["origin"])
-    return Run(**values, phases=phases)
+        values[key] = _loads(values[key], {}, key, damage)
+    origin = values.get("origin")
+    values["origin"] = None if origin is None else (_loads(origin, {}, "origin", damage) or None)
+    return Run(**values, phases=phases, damage=tuple(damage))
 
 
 def job_from_row(row: Mapping[str, Any]) -> Job:
-    """A `Job` from a row of the jobs table."""
+    """A `Job` from a row of the jobs table (a damaged JSON column reads as empty)."""
     values = dict(row)
     for key in ("params", "result", "extra"):
-        values[key] = json.loads(values[key])
+        values[key] = _loads(values[key], {}, key)
     return Job(**values)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -69,6 +70,7 @@ class RunConfig:
                 raise InvalidArgument(f"{key} must be an integer, got {key}={value!r}")
         datasets.check_percentages(self.validation_percentage, self.testing_percentage)
         self.author = person_name(self.author)
+        self.name = run_name(self.name)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -76,6 +78,28 @@ class RunConfig:
 
     def display_name(self) -> str:
         return self.name or f"{self.architecture} lr={self.train.learning_rate:g}"
+
+
+RUN_NAME_MAX = 200
+
+
+def run_name(name: Any) -> str | None:
+    """A run's name, stripped (None when empty).
+
+    Raises:
+        InvalidArgument: not text, longer than RUN_NAME_MAX, or holding a control, invisible-format or
+            line-separator character (a newline splits a table row, ESC rewrites the user's terminal).
+    """
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise InvalidArgument(f"a run name must be text, got name={name!r}")
+    text = name.strip()
+    if len(text) > RUN_NAME_MAX:
+        raise InvalidArgument(f"a run name has at most {RUN_NAME_MAX} characters, got a name of {len(text)}")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") for ch in text):
+        raise InvalidArgument(f"a run name cannot hold control or invisible characters, got name={name!r}")
+    return text or None
 
 
 @dataclass

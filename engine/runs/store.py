@@ -192,6 +192,7 @@ class RunStore:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # reads the header first: a file that is not SQLite fails here, before anything is written
             conn.execute("PRAGMA schema_version").fetchone()
+            self._check_ours(conn)  # before WAL mode: that alone would rewrite another program's file
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL keeps this crash-safe, and faster
             conn.execute("PRAGMA foreign_keys = ON")
@@ -200,6 +201,19 @@ class RunStore:
             conn.close()
             raise
         return conn
+
+    def _check_ours(self, conn: sqlite3.Connection) -> None:
+        """Refuse a database this lab did not create: the migrations set user_version in the same
+        transaction that creates the first table, so tables at version 0 belong to another program."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] > 0:
+            return
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if tables:
+            shown = ", ".join(repr(t) for t in sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreUnavailable(
+                f"The run store {self.path} is another program's SQLite database (tables {shown}); "
+                "it was left untouched: move it aside or set LAB_HOME to another folder"
+            )
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """All rows of one read, with SQLite failures turned into StoreUnavailable."""
