@@ -177,6 +177,11 @@ def test_import_stores_a_finished_imported_run_once(tiny, lab_home):
     again = _write(bundle.parent / "again.zip", _members(bundle))
     assert share.import_bundle(again, store=local) == imported_id
     assert [r.id for r in local.list_runs()] == [imported_id]
+    # shared on by the classmate: still Ada's run, and known as such here
+    onward = share.export_bundle(imported_id, out=lab_home / "onward.zip", store=local)
+    manifest = json.loads(_members(onward)["manifest.json"])
+    assert (manifest["run_id"], manifest["author"]) == (run_id, "Ada")
+    assert share.import_bundle(onward, store=local) == imported_id
     # what the imported run answers is what the author's answers
     from engine.export.predict import Classifier
 
@@ -206,6 +211,15 @@ def test_cli_share_and_import_end_with_a_json_line(tiny, tmp_path, capsys):
     assert main(["import", shared["bundle"], "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert RunStore().get_run(out["run_id"]).origin["original_run_id"] == run_id
+
+
+def test_cli_share_refuses_unknown_and_unfinished_runs_in_one_line(capsys):
+    store = RunStore()
+    running = store.create_run({}, name="still training")
+    for run_id, reason in (("ghost", "No run with id 'ghost'"), (running.id, "only a finished run")):
+        assert main(["share", run_id]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and reason in err
 
 
 def _hostile(kind: str, bundle: Path, tmp: Path) -> Path:
