@@ -244,3 +244,16 @@ def test_the_store_speaks_for_jobs(store):
         "finished", {"run_id": "r1", "n": 1}, "r1", None, None,
     )  # fmt: skip
     assert [j.id for j in store.list_jobs()] == [job.id] and store.list_jobs(active_only=True) == []
+
+
+def test_the_run_of_a_terminated_job_follows_it_to_cancelled(store):
+    # SIGKILL after the grace leaves the worker no chance to record its run: the enforcer does
+    running, done = store.create_run({}, name="busy"), store.create_run({}, name="done")
+    store.finish_run(done.id, {"test_accuracy": 0.5})
+    for run in (running, done):
+        jobs._cancel_its_run(store, run.id, "Cancelled: terminated")
+    assert store.get_run(running.id).status == "cancelled"
+    assert store.get_run(running.id).error == "Cancelled: terminated"
+    assert store.get_run(done.id).status == "finished"
+    jobs._cancel_its_run(store, "no-such-run", "x")  # nothing to follow: no error
+    jobs._cancel_its_run(store, None, "x")

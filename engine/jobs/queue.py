@@ -14,6 +14,7 @@ job is started, polled or ends, `fill_slots` lets the store hand free slots to t
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 import subprocess
@@ -29,6 +30,8 @@ from engine.errors import InvalidArgument, LabError
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 from engine.runs.entities import ACTIVE_STATUSES, JOB_STATUSES, Job
 from engine.runs.store import RunStore, hostname, process_alive
+
+log = logging.getLogger(__name__)
 
 # Job and its statuses live with the store's value objects; re-exported for callers of the queue.
 __all__ = [
@@ -234,6 +237,19 @@ def _enforce_cancel(job_id: str, db_path: Path, grace_seconds: float) -> None:
         _terminate(job.pid)
     message = f"Cancelled: the job did not stop within {grace_seconds:g} s and was terminated"
     store.finish_job(job_id, "cancelled", error=message, only_if_active=True)
+    _cancel_its_run(store, get_job(job_id, store).run_id or job.run_id, message)
+
+
+def _cancel_its_run(store: RunStore, run_id: str | None, message: str) -> None:
+    """The run of a terminated job follows the job: "cancelled", not "running" and later "interrupted"
+    (SIGKILL leaves no chance to record it)."""
+    if not run_id:
+        return
+    try:
+        if store.get_run(run_id).status in ("running", "interrupted"):
+            store.finish_run(run_id, {}, status="cancelled", error=message)
+    except LabError:  # the run is gone or the store failed: the job's record is what matters
+        log.warning("could not mark run %s of a terminated job cancelled", run_id, exc_info=True)
 
 
 def _terminate(pid: int) -> None:

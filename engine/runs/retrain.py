@@ -208,8 +208,10 @@ def prepare(config: RunConfig, progress=None, cancel=None, phases=None) -> Bottl
 
 
 @contextmanager
-def _recorded_run(store, config: RunConfig, progress, first_phase: str):
-    """Create the run, yield (run_id, phases), and store it as failed/cancelled if the body raises."""
+def _recorded_run(store, config: RunConfig, progress, first_phase: str, cancel=None):
+    """Create the run, yield (run_id, phases), and store it as failed/cancelled if anything after
+    `create_run` raises: a cancel (or SIGTERM) landing while the environment is collected (TensorFlow
+    imports for seconds) still leaves the run "cancelled", never "running" and later "interrupted"."""
     from engine.runs.store import collect_environment
 
     run = store.create_run(
@@ -219,10 +221,11 @@ def _recorded_run(store, config: RunConfig, progress, first_phase: str):
         experiment_id=config.experiment_id,
         author=config.author,
     )
-    emit(progress, first_phase, 0, 0, f"Run {run.id} created", run_id=run.id)
-    store.set_environment(run.id, collect_environment())
     phases = _Phases(store, run.id)
     try:
+        emit(progress, first_phase, 0, 0, f"Run {run.id} created", run_id=run.id)
+        store.set_environment(run.id, collect_environment())
+        check_cancel(cancel)  # a SIGTERM swallowed inside an import still counts
         yield run.id, phases
     except Cancelled as exc:
         store.finish_run(run.id, {"phases": phases.seconds}, status="cancelled", error=str(exc))
@@ -230,11 +233,20 @@ def _recorded_run(store, config: RunConfig, progress, first_phase: str):
     except LabError as exc:
         store.finish_run(run.id, {"phases": phases.seconds}, status="failed", error=str(exc))
         raise
-    except Exception as exc:
-        store.finish_run(
-            run.id, {"phases": phases.seconds}, status="failed", error=f"{type(exc).__name__}: {exc}"
-        )
+    except BaseException as exc:
+        # a cancel that arrived wrapped in another exception (or Ctrl-C) is still a cancel
+        stopped = not isinstance(exc, Exception) or _cancel_requested(cancel)
+        status = "cancelled" if stopped else "failed"
+        error = "Cancelled by the user" if stopped else f"{type(exc).__name__}: {exc}"
+        store.finish_run(run.id, {"phases": phases.seconds}, status=status, error=error)
         raise
+
+
+def _cancel_requested(cancel) -> bool:
+    try:
+        return bool(cancel is not None and cancel())
+    except Exception:  # the store may be what failed
+        return False
 
 
 def retrain(
@@ -249,7 +261,7 @@ def retrain(
         LabError: bad data, missing weights, cancellation; the run is stored as failed/cancelled.
     """
     store = _open_store(store)
-    with _recorded_run(store, config, progress, "scan") as (run_id, phases):
+    with _recorded_run(store, config, progress, "scan", cancel) as (run_id, phases):
         prepared = prepare(config, progress, cancel, phases)
         return train_and_save(config, prepared, store, run_id, phases, progress, cancel)
 
@@ -275,7 +287,7 @@ def retrain_on(
                 f"got {key}={_field(config, key)!r}"
             )
     store = _open_store(store)
-    with _recorded_run(store, config, progress, "train") as (run_id, phases):
+    with _recorded_run(store, config, progress, "train", cancel) as (run_id, phases):
         return train_and_save(config, prepared, store, run_id, phases, progress, cancel, background_save)
 
 
