@@ -7,6 +7,7 @@ import sys
 
 from engine.cli.options import OPTIMIZERS, RUN, TRAIN
 from engine.cli.output import ProgressBar, print_json
+from engine.data.images import printable
 from engine.export.runtimes import FORMATS
 from engine.models import backbones
 from engine.runs.retrain import RunConfig
@@ -88,6 +89,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     acc = summary.test_accuracy
+    _print_dataset_notes(summary)
     print(f"Run {summary.run_id}: final test accuracy = {'n/a' if acc is None else f'{acc * 100:.1f}%'}")
     print("Phases: " + ", ".join(f"{k} {v:.2f}s" for k, v in summary.phases.items()))
     print(f"Bottleneck cache: {summary.cache.get('hits', 0)} hits, {summary.cache.get('misses', 0)} misses")
@@ -100,9 +102,25 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                 "cache_hits": summary.cache.get("hits"),
                 "cache_misses": summary.cache.get("misses"),
                 "cache": summary.cache,
+                "warnings": summary.warnings,
+                "skipped": summary.skipped,
+                "accuracy_warnings": summary.accuracy_warnings,
             }
         )
     return 0
+
+
+NOTES_SHOWN = 50  # lines of skipped files on stderr; --json has them all
+
+
+def _print_dataset_notes(summary) -> None:
+    """The scan's warnings and skipped files on stderr, one line each (names already printable)."""
+    for note in summary.warnings:
+        print(f"warning: {printable(note)}", file=sys.stderr)
+    for item in summary.skipped[:NOTES_SHOWN]:
+        print(f"skipped: {printable(item['path'])}: {printable(item['reason'])}", file=sys.stderr)
+    if len(summary.skipped) > NOTES_SHOWN:
+        print(f"skipped: ... and {len(summary.skipped) - NOTES_SHOWN} more (see --json)", file=sys.stderr)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -139,7 +157,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine.data.images import printable
     from engine.runs.store import RunStore
 
     runs = RunStore().list_runs()

@@ -37,6 +37,8 @@ class RunResults:
     class_names: list[str] = field(default_factory=list)
     # a remark on the results, e.g. why there is no test accuracy
     note: str | None = None
+    # why the accuracy may mislead, in words (byte-identical images across splits or classes)
+    accuracy_warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RunResults:
@@ -58,6 +60,16 @@ class RunResults:
     @property
     def validation_cross_entropy(self) -> float | None:
         return self.final.get("validation_cross_entropy")
+
+    @property
+    def warnings(self) -> list[str]:
+        """The dataset scan's warnings (empty classes, duplicates, skipped files, ...)."""
+        return list(self.dataset.get("warnings") or [])
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Files the run did not use: {"path", "reason"} (the path printable)."""
+        return list(self.dataset.get("skipped") or [])
 
     @property
     def head_test_accuracy(self) -> float | None:

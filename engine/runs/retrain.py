@@ -111,6 +111,11 @@ class RunSummary:
     phases: dict[str, float]
     cache: dict[str, Any]
     status: str = "finished"
+    # the dataset scan's warnings, the files it did not use ({"path", "reason"}), and what duplicate
+    # images do to the accuracy (also in the run's results: dataset.warnings/skipped, accuracy_warnings)
+    warnings: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    accuracy_warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -352,6 +357,7 @@ def train_and_save(
                 "note": tuned.note,
             }
             results = replace(results, fine_tune=fine_tune)
+        results = replace(results, accuracy_warnings=datasets.duplicate_warnings(data.duplicates))
     emit(progress, "save", 0, 1, "Saving the classifier")
     save = functools.partial(
         _save_and_finish, config, prepared, store, run_id, phases, head, tuned, history, results
@@ -366,6 +372,9 @@ def train_and_save(
         test_accuracy=results.test_accuracy,
         phases=dict(phases.seconds),
         cache=feats.stats.as_dict(),
+        warnings=list(data.warnings),
+        skipped=[{"path": f.path, "reason": f.reason} for f in data.skipped],
+        accuracy_warnings=list(results.accuracy_warnings),
     )
 
 
