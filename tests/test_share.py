@@ -191,6 +191,24 @@ def test_import_stores_a_finished_imported_run_once(tiny, lab_home):
     np.testing.assert_allclose(mine, theirs, atol=1e-6)
 
 
+def test_concurrent_imports_of_one_bundle_make_one_run(tiny, monkeypatch):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    lookup = RunStore.find_imported_run
+
+    def slow_lookup(self, *args):  # widen the window between "not here yet" and storing the run
+        found = lookup(self, *args)
+        time.sleep(0.5)
+        return found
+
+    monkeypatch.setattr(RunStore, "find_imported_run", slow_lookup)
+    local = RunStore()
+    with ThreadPoolExecutor(3) as pool:
+        ids = set(pool.map(lambda _: share.import_bundle(tiny[2], store=RunStore()), range(3)))
+    assert len(ids) == 1 and [r.id for r in local.list_runs()] == list(ids)
+
+
 def test_a_bundle_of_one_of_this_labs_own_runs_is_that_run(tiny):
     store, run_id, bundle = tiny
     assert share.import_bundle(bundle, store=store) == run_id

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from engine import config as lab_config
+from engine.data import archives
 from engine.errors import LabError
 from engine.runs.bundle import (  # noqa: F401 (BundleError, MEMBER_LIMITS, thumbnail_bytes: this module's API too)
     BUNDLE_VERSION,
@@ -210,10 +211,9 @@ def import_bundle(path: str | os.PathLike | bytes | BinaryIO, store=None, name: 
     """
     store = _open_store(store)
     bundle = read_bundle(path, _scratch_dir(), name)  # every check, even for a bundle seen before
-    existing = _already_here(store, bundle)
-    if existing is not None:
-        return existing
-    return _store_run(store, bundle)
+    with archives._install_lock(_scratch_dir()):  # two imports of one bundle at once: one run
+        existing = _already_here(store, bundle)
+        return existing if existing is not None else _store_run(store, bundle)
 
 
 def _open_store(store):
