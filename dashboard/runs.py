@@ -201,6 +201,9 @@ st.markdown(
 )
 if run.error:
     st.error(run.error, icon=":material/error:")
+if res.accuracy_warnings:  # duplicates across splits or classes: the test accuracy overstates the model
+    shown = "n/a" if res.test_accuracy is None else f"{res.test_accuracy:.1%}"
+    st.warning(f"Test accuracy {shown}: " + " ".join(res.accuracy_warnings), icon=":material/content_copy:")
 
 actions = st.container(horizontal=True)
 model = cache.model_file(run.id)

@@ -432,3 +432,17 @@ def test_runs_page_groups_experiment_runs():
     ok(choice.select("flowers race (lr_race)").run())
     shown = at.dataframe[0].value
     assert sorted(shown["name"]) == ["lr=0.01", "lr=1.0"]
+
+
+def test_runs_page_warns_beside_the_accuracy_of_a_run_scored_on_duplicates():
+    store = RunStore()
+    note = "1 validation/test image is byte-identical to training images (e.g. red/a.jpg (train) = ...)"
+    clean = store.create_run({"architecture": "mobilenet_0.25_224"}, name="clean")
+    store.finish_run(clean.id, {"test_accuracy": 0.75})
+    leaky = store.create_run({"architecture": "mobilenet_0.25_224"}, name="leaky")
+    store.finish_run(leaky.id, {"test_accuracy": 1.0, "accuracy_warnings": [note]})
+    at = ok(app("runs").run())  # the newest run (leaky) is the one shown
+    assert [w.value for w in at.warning if "byte-identical" in w.value] == [f"Test accuracy 100.0%: {note}"]
+    labels = at.selectbox(key="runs_detail").options
+    ok(at.selectbox(key="runs_detail").select(next(o for o in labels if "clean" in o)).run())
+    assert not [w for w in at.warning if "byte-identical" in w.value]
