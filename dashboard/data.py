@@ -9,6 +9,7 @@ from dashboard import cache, charts
 from dashboard.components import current_author, guard, page_link, plot
 from engine import config
 from engine.data import datasets, quota, uploads
+from engine.errors import InvalidArgument
 
 SOURCES = {
     "demo": ":material/category: Demo set",
@@ -27,6 +28,14 @@ def use_dataset(path: Path | str, note: str = "") -> None:
     st.session_state["dataset_path"] = str(path)
     if note:
         st.toast(note, icon=":material/check:")
+
+
+def check_may_replace(name: str, author: str | None) -> None:
+    """In class mode only the classmate who uploaded a dataset may replace it."""
+    owner = quota.owner_of(name)
+    me = (author or "").strip() or quota.UNNAMED
+    if owner is not None and owner != me:
+        raise InvalidArgument(f"The dataset {name!r} was uploaded by {owner}; only they can replace it")
 
 
 def download_progress(bar):
@@ -65,10 +74,14 @@ with st.container(border=True):
         upload = st.file_uploader("Zip of class folders", type=["zip"], key="zip_upload")
         default_name = Path(upload.name).stem if upload else "my-dataset"
         name = st.text_input("Dataset name", placeholder=default_name, key="zip_name").strip() or default_name
+        replace = st.checkbox("Replace the dataset of that name if it exists", value=False, key="zip_replace")
         if st.button("Unpack and use", type="primary", disabled=upload is None, icon=":material/unarchive:"):
             with guard("Unpacking the zip"), st.spinner("Checking and unpacking the archive…"):
-                path = datasets.extract_zip(upload, name, quota=quota.upload_quota(name, current_author()))
-                use_dataset(path, f"Unpacked {name}")
+                if replace and served:
+                    check_may_replace(name, current_author())
+                allowance = quota.upload_quota(name, current_author())
+                path = datasets.extract_zip(upload, name, replace=replace, quota=allowance)
+                use_dataset(path, f"{'Replaced' if replace else 'Unpacked'} {name}")
 
     elif source == "per_class":
         st.markdown("Name each class and drop its photos; every file is checked before it is saved.")

@@ -446,3 +446,46 @@ def test_runs_page_warns_beside_the_accuracy_of_a_run_scored_on_duplicates():
     labels = at.selectbox(key="runs_detail").options
     ok(at.selectbox(key="runs_detail").select(next(o for o in labels if "clean" in o)).run())
     assert not [w for w in at.warning if "byte-identical" in w.value]
+
+
+def colour_zip(per_class: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for label, color in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+            for i in range(per_class):
+                zf.writestr(f"{label}/{i}.jpg", jpeg(color))
+    return buf.getvalue()
+
+
+def unpack(at: AppTest, data: bytes, replace: bool) -> AppTest:
+    at.segmented_control[0].set_value("zip").run()
+    at.file_uploader[0].set_value(("colours.zip", data, "application/zip"))
+    at.text_input(key="zip_name").set_value("colours")
+    at.checkbox(key="zip_replace").set_value(replace)
+    at.run()
+    return at.button[0].click().run()
+
+
+def test_data_zip_under_a_taken_name_needs_the_replace_box():
+    at = ok(unpack(app("data").run(), colour_zip(3), replace=False))
+    assert {m.label: m.value for m in at.metric}["Images"] == "6"
+    first = Path(at.session_state["dataset_path"])
+    at = unpack(app("data").run(), colour_zip(5), replace=False)
+    assert not at.exception
+    assert at.error and "already exists" in at.error[0].value
+    assert sorted(p.name for p in (first / "red").iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]  # untouched
+    at = ok(unpack(app("data").run(), colour_zip(5), replace=True))
+    assert {m.label: m.value for m in at.metric}["Images"] == "10"
+    assert len(list((first / "red").iterdir())) == 5
+
+
+def test_data_zip_replace_in_class_mode_is_only_for_the_uploader(monkeypatch):
+    from engine.data import quota
+
+    monkeypatch.setenv("LAB_SERVE_MODE", "class")
+    ok(unpack(app("data").run(), colour_zip(3), replace=False))
+    assert quota.owner_of("colours") == quota.UNNAMED
+    quota._owner_file("colours").write_text("Ada", encoding="utf-8")  # a classmate's dataset
+    at = unpack(app("data").run(), colour_zip(5), replace=True)
+    assert not at.exception
+    assert at.error and "only they can replace it" in at.error[0].value
