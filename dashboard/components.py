@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from dashboard import cache
+from engine import config
 from engine.data import uploads
 from engine.errors import InvalidArgument, LabError
 from engine.jobs import queue as jobs
@@ -78,17 +80,34 @@ STATUS_ICONS = {
 def guard(what: str = ""):
     """Show engine errors as `st.error` with their message; never a traceback.
 
-    Unexpected exceptions are logged with their traceback on the server and summarised on the page.
-    Streamlit's own control flow (rerun, stop) derives from BaseException and passes through.
+    Unexpected exceptions are logged with their traceback and a short reference id on the server;
+    the page shows `Type: message` to a local user and, in class mode, only the reference (an
+    exception's text may hold server paths or data). Streamlit's own control flow (rerun, stop)
+    derives from BaseException and passes through.
     """
     try:
         yield
     except LabError as exc:
         st.error(str(exc), icon=":material/error:")
     except Exception as exc:
-        log.exception("unexpected error %s", what)
+        ref = secrets.token_hex(4)
+        log.exception("unexpected error %s (reference %s)", what, ref)
         prefix = f"{what} failed" if what else "Something went wrong"
-        st.error(f"{prefix}: {type(exc).__name__}: {exc}", icon=":material/error:")
+        if _served():
+            st.error(
+                f"{prefix}: an unexpected error (reference {ref}); the details are in the server's log",
+                icon=":material/error:",
+            )
+        else:
+            st.error(f"{prefix}: {type(exc).__name__}: {exc}", icon=":material/error:")
+
+
+def _served() -> bool:
+    """Class mode; a misspelt LAB_SERVE_MODE counts as served (no error details), failing closed."""
+    try:
+        return config.serve_mode() == "class"
+    except LabError:
+        return True
 
 
 def plot(fig, key: str | None = None) -> None:

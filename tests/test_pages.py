@@ -7,6 +7,7 @@ temporary LAB_HOME of the autouse `lab_home` fixture. Runs are made through the 
 from __future__ import annotations
 
 import io
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -489,3 +490,35 @@ def test_data_zip_replace_in_class_mode_is_only_for_the_uploader(monkeypatch):
     at = unpack(app("data").run(), colour_zip(5), replace=True)
     assert not at.exception
     assert at.error and "only they can replace it" in at.error[0].value
+
+
+def _guarded_page():
+    import streamlit as st
+
+    from dashboard.components import guard
+    from engine.errors import DatasetError
+
+    with guard("Reading the secret"):
+        raise RuntimeError("cannot open /srv/lab/secret-token-42")
+    with guard("Scanning"):
+        raise DatasetError("No class folders in /tmp/x: add one folder per class")
+    st.write("after")
+
+
+@pytest.mark.parametrize("mode", ["local", "class", "clas"])
+def test_guard_hides_unexpected_error_details_in_class_mode(mode, monkeypatch, caplog):
+    monkeypatch.setenv("LAB_SERVE_MODE", mode)
+    at = AppTest.from_function(_guarded_page, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    unexpected, expected = (e.value for e in at.error)
+    assert expected == "No class folders in /tmp/x: add one folder per class"  # LabErrors verbatim
+    if mode == "local":
+        assert unexpected == "Reading the secret failed: RuntimeError: cannot open /srv/lab/secret-token-42"
+        return
+    # class mode, or a misspelt mode (fails closed): a reference, no details; the log has them
+    assert "secret-token" not in unexpected and "RuntimeError" not in unexpected, unexpected
+    shape = r"Reading the secret failed: an unexpected error \(reference ([0-9a-f]{8})\); .*"
+    ref = re.fullmatch(shape, unexpected)
+    assert ref, unexpected
+    logged = [r for r in caplog.records if ref.group(1) in r.getMessage()]
+    assert logged and "secret-token-42" in (logged[0].exc_text or str(logged[0].exc_info[1]))
