@@ -96,8 +96,15 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("author")
     photo = root / "owl_01.jpg"
     Image.fromarray(np.full((300, 200, 3), 120, np.uint8)).save(photo)
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(NAMES):  # the training images: 16 per class, ~38 in the train split
+        (root / "photos" / name).mkdir(parents=True)
+        for j in range(16):
+            noise = rng.integers(0, 80, (48, 64, 3)) + 80 * i
+            Image.fromarray(noise.astype(np.uint8)).save(root / "photos" / name / f"{name}_{j:02d}.jpg")
     store = RunStore(root / "lab" / "lab.sqlite")
-    config = asdict(RunConfig(source=str(root), architecture="mobilenet_0.25_224", weights="random"))
+    source = str(root / "photos")
+    config = asdict(RunConfig(source=source, architecture="mobilenet_0.25_224", weights="random"))
     run = store.create_run(config, name="tiny owls", author="Ada")
     folder = RunFolder(run.id, store)
     folder.write_labels(NAMES)
@@ -144,8 +151,15 @@ def test_a_bundle_holds_the_run_and_nothing_executable(tiny):
     store, run_id, bundle = tiny
     assert bundle.name == f"classifier-lab-run-{run_id}.zip"
     members = _members(bundle)
-    assert set(members) == {"manifest.json", *share.MEMBER_LIMITS}
+    calibration = [f"calibration/{i:04d}.jpg" for i in range(32)]
+    assert set(members) == {"manifest.json", *share.MEMBER_LIMITS, *calibration}
     manifest = json.loads(members["manifest.json"])
+    assert manifest["calibration"] == {"count": 32, "side": 224, "from": "training images"}
+    from engine.data.images import decode_image_bytes
+
+    for name in calibration:  # JPEGs at the backbone's input size, of the author's training photos
+        assert members[name][:3] == b"\xff\xd8\xff" and 4_000 < len(members[name]) < 200_000
+        assert decode_image_bytes(members[name]).shape == (224, 224, 3)
     assert (manifest["schema"], manifest["version"], manifest["run_id"]) == (share.SCHEMA, 1, run_id)
     assert manifest["author"] == "Ada" and manifest["name"] == "tiny owls"
     assert members["labels.txt"].decode() == "cat\ndog\nowl\n"
@@ -171,6 +185,10 @@ def test_import_stores_a_finished_imported_run_once(tiny, lab_home):
     assert [r["step"] for r in local.get_history(imported_id)] == [0, 10]
     folder = RunFolder(imported_id, local)
     assert folder.class_names() == NAMES and folder.is_trusted(folder.model_path)
+    files = folder.calibration_files()
+    assert [f.name for f in files] == [f"{i:04d}.jpg" for i in range(32)]
+    assert folder.is_trusted(folder.calibration_path)
+    assert files[5].read_bytes() == _members(bundle)["calibration/0005.jpg"]
     assert share.thumbnail_bytes(run.results["misclassified"][0])[:2] == b"\xff\xd8"  # a JPEG
     # the same bundle again, or the same run shared again (other zip bytes): the same run, not a copy
     assert share.import_bundle(bundle, store=local) == imported_id
@@ -181,6 +199,7 @@ def test_import_stores_a_finished_imported_run_once(tiny, lab_home):
     onward = share.export_bundle(imported_id, out=lab_home / "onward.zip", store=local)
     manifest = json.loads(_members(onward)["manifest.json"])
     assert (manifest["run_id"], manifest["author"]) == (run_id, "Ada")
+    assert manifest["calibration"]["count"] == 32  # its photos are not here: the bundled ones travel on
     assert share.import_bundle(onward, store=local) == imported_id
     # what the imported run answers is what the author's answers
     from engine.export.predict import Classifier
@@ -288,6 +307,19 @@ def _hostile(kind: str, bundle: Path, tmp: Path) -> Path:
         return _write(path, {**members, "model.keras": buf.getvalue()})
     if kind == "control character in a class name":
         return _write(path, {**members, "labels.txt": b"cat\ndo\x1bg\nowl\n"})
+    if kind in ("calibration image not a JPEG", "calibration image of the wrong size"):
+        from PIL import Image
+
+        buf = io.BytesIO()
+        if kind == "calibration image not a JPEG":  # a PNG under a .jpg name
+            Image.fromarray(np.zeros((224, 224, 3), np.uint8)).save(buf, format="PNG")
+        else:
+            Image.fromarray(np.zeros((100, 224, 3), np.uint8)).save(buf, format="JPEG")
+        return _write(path, {**members, "calibration/0007.jpg": buf.getvalue()})
+    if kind == "too many calibration images":
+        return _write(path, {**members, "calibration/0032.jpg": members["calibration/0000.jpg"]})
+    if kind == "calibration count disagrees":
+        return _write(path, {k: v for k, v in members.items() if k != "calibration/0031.jpg"})
     raise AssertionError(kind)
 
 
@@ -307,6 +339,10 @@ HOSTILE = {
     "control character in a class name": "line 2 of labels.txt has a control character",
     "model with a planted file": "not a plain Keras model file .it holds 'saved_model.pb'",
     "model naming a foreign module": "model.keras names the module 'os'",
+    "calibration image not a JPEG": "calibration/0007.jpg is not a JPEG",
+    "calibration image of the wrong size": "0007.jpg is 224x100, not the backbone's input size 224x224",
+    "too many calibration images": "0032.jpg: too many calibration images .a bundle carries at most 32",
+    "calibration count disagrees": "the manifest counts 32 calibration images, the archive holds 31",
 }
 
 
@@ -323,6 +359,50 @@ def test_a_hostile_bundle_is_refused_with_one_line_and_nothing_stored(kind, tiny
     assert local.list_runs() == []
     assert not any(local.run_dir("x").parent.iterdir())  # no run folder left behind
     assert not [p for p in (local.root / "shares").glob(".import-*")]  # nor a scratch folder
+
+
+def test_an_imported_run_converts_to_int8_on_its_bundled_images(tiny, tmp_path, monkeypatch):
+    """Another laptop: the author's photos are not there, the bundle's calibration images are."""
+    import shutil
+
+    from engine.export import convert
+    from engine.export.predict import Classifier
+
+    store, run_id, bundle = tiny
+    photos = Path(store.get_run(run_id).config["source"])
+    moved = tmp_path / "photos-elsewhere"
+    shutil.move(photos, moved)  # DELETED here (restored for the other tests of this module)
+    try:
+        monkeypatch.setenv("LAB_HOME", str(tmp_path / "classmate"))
+        classmate = RunStore()
+        imported = share.import_bundle(bundle, store=classmate)
+        (manifest,) = convert.convert_run(imported, ["tflite-int8"], store=classmate)["exports"]
+        assert manifest["calibration"] == "calibrated on 32 bundled images"
+        assert manifest["calibration_images"] == 32
+        int8 = Classifier.from_run(imported, store=classmate, fmt="tflite-int8")
+        (result,) = int8.classify([next(moved.glob("owl/*.jpg"))], top_k=3)
+        assert result.error is None and sorted(result.labels) == sorted(NAMES)
+        # a calibration folder changed after import is never used: refused in one line
+        folder = RunFolder(imported, classmate)
+        (folder.calibration_path / "0003.jpg").write_bytes(b"\xff\xd8\xff changed")
+        with pytest.raises(LabError, match="is not the calibration set the lab wrote"):
+            convert.convert_run(imported, ["tflite-int8"], store=classmate, force=True)
+        # an import without calibration images (an older bundle): a clear error, not a crash
+        members = _members(bundle)
+        manifest = json.loads(members["manifest.json"])
+        manifest["calibration"] = {"count": 0}
+        members = {k: v for k, v in members.items() if not k.startswith("calibration/")}
+        monkeypatch.setenv("LAB_HOME", str(tmp_path / "third"))
+        bare = share.import_bundle(
+            _write(tmp_path / "bare.zip", {**members, "manifest.json": json.dumps(manifest).encode()}),
+            store=RunStore(),
+        )
+        assert not RunFolder(bare, RunStore()).calibration_path.exists()
+        with pytest.raises(LabError, match="needs the run's training images, but source") as e:
+            convert.convert_run(bare, ["tflite-int8"], store=RunStore())
+        assert "has no bundled calibration images" in str(e.value) and "\n" not in str(e.value)
+    finally:
+        shutil.move(moved, photos)
 
 
 # -- proof on real data: retrain, share, import into another lab, same answers, convert ----------

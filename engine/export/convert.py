@@ -1,7 +1,8 @@
 """Convert a run's classifier to deployable formats, stored in the run folder with a manifest each.
 
 Formats: SavedModel (`model.export`), `.keras` (the run's own file), TFLite float32 / float16 /
-dynamic-range / full-integer int8 (calibrated on the run's own training images), ONNX (tf2onnx)
+dynamic-range / full-integer int8 (calibrated on the run's own training images, or on the
+calibration images an imported run's bundle brought), ONNX (tf2onnx)
 and TensorRT FP32/FP16 (ONNX Runtime's TensorRT provider on an NVIDIA GPU; TF-TRT left
 TensorFlow in 2.18). Layout: `runs/<id>/exports/<format>/{model file, manifest.json}`; a manifest
 is written last, so a format without one is not there. Conversion stops between formats when
@@ -157,7 +158,7 @@ class _Converter:
         if fmt == "tflite-fp16":
             converter.target_spec.supported_types = [tf.float16]
         if fmt == "tflite-int8":
-            calibration = self.calibration()
+            calibration, calibrated_on = self.calibration()
             converter.representative_dataset = lambda: (
                 [calibration[i : i + 1]] for i in range(len(calibration))
             )
@@ -165,12 +166,20 @@ class _Converter:
             # uint8 in: raw camera pixels feed it as they are; uint8 out: probabilities in 1/256 steps
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
-            details.update(calibration_images=len(calibration), input_type="uint8", output_type="uint8")
+            details.update(
+                calibration_images=len(calibration),
+                calibration=calibrated_on,
+                input_type="uint8",
+                output_type="uint8",
+            )
         dest.write_bytes(converter.convert())
         return details
 
-    def calibration(self) -> np.ndarray:
-        """Up to `calibration_images` of the run's own training images, decoded to 0..255 floats."""
+    def calibration(self) -> tuple[np.ndarray, str]:
+        """Up to `calibration_images` of the run's own training images, decoded to 0..255 floats, and
+        what they were ("calibrated on 100 training images"). Where the run's dataset cannot be read
+        here (an imported run on another laptop), the run folder's calibration images, which came
+        with its bundle ("calibrated on 32 bundled images"); with neither, a LabError saying so."""
         from engine.data import datasets, images
 
         cfg = self.run.config
@@ -180,25 +189,30 @@ class _Converter:
             data = datasets.scan_image_dir(
                 root, cfg.get("validation_percentage", 10), cfg.get("testing_percentage", 10)
             )
+            records, problem = data.split("train"), f"source {source!r} has no training images"
         except LabError as exc:
-            raise LabError(
-                f"int8 calibration needs the run's training images (source {source!r}), "
-                f"which cannot be read here: {exc}"
-            ) from exc
-        records = data.split("train")
-        if not records:
-            raise LabError(f"int8 calibration needs training images; source {source!r} has none")
-        rng = np.random.default_rng(0)
-        count = min(self.calibration_images, len(records))
-        chosen = [records[i] for i in sorted(rng.choice(len(records), count, replace=False))]
+            records, problem = [], f"source {source!r} cannot be read here: {exc}"
+        if records:
+            rng = np.random.default_rng(0)
+            count = min(self.calibration_images, len(records))
+            paths = [records[i].path for i in sorted(rng.choice(len(records), count, replace=False))]
+            kind = "training images"
+        else:
+            paths = self.run.files.calibration_files()[: self.calibration_images]  # LabError if changed
+            kind = "bundled images"
+            if not paths:
+                raise LabError(
+                    f"int8 calibration needs the run's training images, but {problem}; and run "
+                    f"{self.run.run_id} has no bundled calibration images"
+                )
         pixels = []
-        for i, rec in enumerate(chosen):
+        for i, path in enumerate(paths):
             if i % 10 == 0:
                 check_cancel(self.cancel)
-                msg = f"tflite-int8: reading calibration image {i + 1} of {count}"
+                msg = f"tflite-int8: reading calibration image {i + 1} of {len(paths)}"
                 emit(self.progress, "convert", *self.step, msg, format="tflite-int8")
-            pixels.append(images.load_image(rec.path, self.run.input_size))
-        return np.stack(pixels).astype(np.float32)
+            pixels.append(images.load_image(path, self.run.input_size))
+        return np.stack(pixels).astype(np.float32), f"calibrated on {len(paths)} {kind}"
 
     def _onnx(self, dest: Path) -> dict[str, Any]:
         import tf2onnx

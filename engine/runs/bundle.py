@@ -13,13 +13,17 @@ nothing it could execute: no exports, no code, no SavedModel or TFLite file.
     dataset.json       the dataset fingerprint (`datasets.dataset_fingerprint`): counts, content, split hash
     model_card.md      the generated model card
     report.html        the self-contained HTML report (optional)
+    calibration/NNNN.jpg  up to 32 of the run's training images at the backbone's input size, JPEG
+                       (optional): int8 conversion calibrates on them where the author's images are not
 
 `read_bundle` trusts nothing in the file: the archive checks and limits of `engine.data.archives`
 (names, traversal, links, encryption, compression ratios), this schema and version, the exact member
-list, a size cap per member, every sha256 against the manifest, the model's own archive (Keras layers
-only: no Lambda, no TFSMLayer, no foreign module, no extra file) loaded with `safe_mode=True`, its
-input size against the backbone registry, one class name per output without control characters,
-and the config, metrics and thumbnails by type. Every refusal is a `BundleError` of one line naming
+list, a size cap per member, at most 32 calibration images (JPEG only, each decoded by the lab's own
+decoder to exactly the backbone's input size, as many as the manifest counts), every sha256 against
+the manifest, the model's own archive (Keras layers only: no Lambda, no TFSMLayer, no foreign
+module, no extra file) loaded with `safe_mode=True`, its input size against the backbone registry,
+one class name per output without control characters, and the config, metrics and thumbnails by
+type. Every refusal is a `BundleError` of one line naming
 the file and the reason.
 """
 
@@ -61,6 +65,10 @@ MEMBER_LIMITS = {
     "model_card.md": 256 * 1024,
     REPORT: 32 * 1024**2,
 }
+CALIBRATION_DIR = "calibration"
+MAX_CALIBRATION = 32  # training images that travel for int8 calibration
+CALIBRATION_LIMIT = 1024**2  # bytes of one calibration JPEG (a 299x299 photo at quality 90: ~40 KB)
+CALIBRATION_QUALITY = 90
 OPTIONAL_MEMBERS = frozenset({REPORT})  # a lab without the report module still writes valid bundles
 MANIFEST_LIMIT = 64 * 1024
 MAX_CLASSES = 1000
@@ -82,6 +90,21 @@ class BundleError(LabError):
 
 def _refused(label: str, reason: str) -> BundleError:
     return BundleError(f"Refused bundle {label}: {reason}")
+
+
+def calibration_member(index: int) -> str:
+    """The bundle member of the index-th calibration image: calibration/0000.jpg, ..."""
+    return f"{CALIBRATION_DIR}/{index:04d}.jpg"
+
+
+def _calibration_index(parts: list[str]) -> int | None:
+    """The index of a calibration member's path parts (["calibration", "0007.jpg"] -> 7), else None."""
+    if len(parts) != 2 or parts[0] != CALIBRATION_DIR:
+        return None
+    stem, dot, ext = parts[1].partition(".")
+    if ext != "jpg" or not dot or len(stem) != 4 or not (stem.isascii() and stem.isdigit()):
+        return None
+    return int(stem)
 
 
 def thumbnail_bytes(item: dict[str, Any]) -> bytes | None:
@@ -108,6 +131,7 @@ class VerifiedBundle:
     history: list[dict[str, Any]]
     results: dict[str, Any]
     environment: dict[str, Any]
+    calibration: tuple[bytes, ...] = ()  # JPEGs, checked: the backbone's input size each
 
 
 def read_bundle(
@@ -141,18 +165,25 @@ def _check_archive(zf: zipfile.ZipFile, label: str, size: int) -> dict[str, zipf
     """The archive checks of engine.data.archives, then this format's exact member list."""
     infos = zf.infolist()
     allowed = set(MEMBER_LIMITS) | {MANIFEST}
-    if len(infos) > 4 * len(allowed):  # before reading names: a huge directory is refused unread
-        raise _refused(label, f"{len(infos):,} entries, a bundle has {len(allowed)}")
+    most = len(allowed) + MAX_CALIBRATION
+    if len(infos) > 2 * most:  # before reading names: a huge directory is refused unread
+        raise _refused(label, f"{len(infos):,} entries, a bundle has at most {most}")
     by_name, total = {}, 0
     for info in infos:
         parts = archives._entry_parts(info.filename, label)  # traversal, absolute paths, control characters
         archives._check_entry(info, label)  # links, special files, encryption, per-entry zip bomb
         key = "/".join(parts)
-        if key not in allowed or len(parts) != 1 or info.is_dir():
+        index = _calibration_index(parts)
+        if info.is_dir() or (index is None and (key not in allowed or len(parts) != 1)):
             raise _refused(label, f"{_extra_reason(info.filename)}")
+        if index is not None and index >= MAX_CALIBRATION:
+            raise _refused(
+                label,
+                f"it holds {key}: too many calibration images (a bundle carries at most {MAX_CALIBRATION})",
+            )
         if key in by_name:
             raise _refused(label, f"member {key} appears twice")
-        limit = MANIFEST_LIMIT if key == MANIFEST else MEMBER_LIMITS[key]
+        limit = CALIBRATION_LIMIT if index is not None else MEMBER_LIMITS.get(key, MANIFEST_LIMIT)
         if info.file_size > limit:
             raise _refused(label, f"{key} holds {info.file_size:,} bytes, more than its limit of {limit:,}")
         by_name[key] = info
@@ -178,7 +209,8 @@ def _extra_reason(name: str) -> str:
             "executable"
         )
     return (
-        f"unexpected member {shown} (a bundle holds only {', '.join(sorted(MEMBER_LIMITS))} and {MANIFEST})"
+        f"unexpected member {shown} (a bundle holds only {', '.join(sorted(MEMBER_LIMITS))}, {MANIFEST} "
+        f"and {CALIBRATION_DIR}/NNNN.jpg)"
     )
 
 
@@ -236,6 +268,16 @@ def _read_manifest(zf, infos, label: str) -> dict[str, Any]:
             or entry.get("bytes") != infos[key].file_size
         ):
             raise _refused(label, f"the manifest's entry for {key} is malformed or wrong")
+    calibration = manifest.get("calibration", {"count": 0})
+    carried = sorted(k for k in present if k.startswith(CALIBRATION_DIR + "/"))
+    count = calibration.get("count") if isinstance(calibration, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_CALIBRATION:
+        raise _refused(label, f"the manifest's calibration count is not 0 to {MAX_CALIBRATION}")
+    if carried != [calibration_member(i) for i in range(count)]:
+        raise _refused(
+            label,
+            f"the manifest counts {count} calibration images, the archive holds {len(carried)} (or others)",
+        )
     for key in ("run_id", "name", "kind"):
         value = manifest.get(key)
         if not isinstance(value, str) or not value or len(value) > 200 or archives.name_problem(value):
@@ -269,7 +311,11 @@ def _read_members(zf, infos, manifest, label: str, tmp: Path) -> dict[str, bytes
 
 def _bundle_hash(manifest: dict[str, Any]) -> str:
     """The bundle's content hash: its member hashes (all verified), independent of zip timestamps."""
-    lines = sorted(f"{k}\t{v['sha256']}" for k, v in manifest["members"].items() if k != REPORT)
+    lines = sorted(  # the report and calibration images are derived: the same run has the same hash
+        f"{k}\t{v['sha256']}"
+        for k, v in manifest["members"].items()
+        if k != REPORT and not k.startswith(CALIBRATION_DIR + "/")
+    )
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -329,7 +375,12 @@ def _validate(data: dict[str, bytes], label: str, model_path: Path) -> dict[str,
             raise _refused(label, f"{key} must hold a JSON object")
     results.setdefault("dataset", {})["fingerprint"] = fingerprint
     config["experiment_id"] = None  # the author's experiment does not exist in this lab
+    calibration = tuple(
+        _check_calibration(data[key], key, side, label)
+        for key in sorted(k for k in data if k.startswith(CALIBRATION_DIR + "/"))
+    )
     return {
+        "calibration": calibration,
         "model": model,
         "names": names,
         "config": config,
@@ -421,6 +472,24 @@ def _check_thumbnail(uri: Any, label: str) -> None:
         raise _refused(label, f"metrics.json has a thumbnail that cannot be decoded ({exc})") from None
     if max(pixels.shape[:2]) > 4 * THUMBNAIL_SIDE:
         raise _refused(label, "metrics.json has a thumbnail larger than a thumbnail")
+
+
+def _check_calibration(raw: bytes, key: str, side: int, label: str) -> bytes:
+    """A calibration image: a JPEG that the lab's own decoder reads as side x side RGB; its bytes."""
+    from engine.data.images import decode_image_bytes
+
+    if not raw.startswith(b"\xff\xd8\xff"):
+        raise _refused(label, f"{key} is not a JPEG (calibration images are JPEG only)")
+    try:
+        pixels = decode_image_bytes(raw, name=key)
+    except LabError as exc:
+        raise _refused(label, f"{key} cannot be decoded ({_line(exc)})") from None
+    if pixels.shape != (side, side, 3):
+        raise _refused(
+            label,
+            f"{key} is {pixels.shape[1]}x{pixels.shape[0]}, not the backbone's input size {side}x{side}",
+        )
+    return raw
 
 
 def _number_or_none(value: Any) -> bool:

@@ -8,6 +8,8 @@ Layout of `runs/<id>/` (kept stable so run folders stay portable; README documen
     metrics.json       {"history": [...], "results": {...}}, written once results are complete
     environment.json   where it ran (machine, versions)
     exports/<format>/  converted models, each with a manifest.json written last
+    calibration/       (imported runs) NNNN.jpg: training images of the author at the backbone's input
+                       size, for int8 calibration where the author's dataset is not on disk
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed over the
 old one, so a process killed mid-write leaves the previous file (or none), never half of one. The
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -36,6 +39,7 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 ENVIRONMENT = "environment.json"
 EXPORTS = "exports"
+CALIBRATION = "calibration"
 _CHUNK = 1 << 20
 _RACY_SECONDS = 2.0
 _MAX_REMEMBERED = 256
@@ -92,6 +96,10 @@ class RunFolder:
     def exports(self) -> Path:
         return self.path / EXPORTS
 
+    @property
+    def calibration_path(self) -> Path:
+        return self.path / CALIBRATION
+
     def relpath(self, path: Path) -> str:
         """`path` relative to the run folder, with forward slashes (the key of an artifact hash)."""
         return Path(path).relative_to(self.path).as_posix()
@@ -124,7 +132,44 @@ class RunFolder:
     def write_environment(self, environment: dict[str, Any]) -> None:
         atomic_write_text(self.environment_path, json.dumps(environment, indent=2, default=float))
 
+    def write_calibration(self, jpegs: list[bytes]) -> str:
+        """Write calibration images as calibration/0000.jpg, ... in one rename and record the folder's hash.
+
+        The caller has checked the bytes (`engine.runs.bundle` does for imports); returns the sha256.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f".tmp-{secrets.token_hex(4)}-{CALIBRATION}"
+        try:
+            tmp.mkdir()
+            for i, data in enumerate(jpegs):
+                with open(tmp / f"{i:04d}.jpg", "xb") as f:
+                    f.write(data)
+                    os.fsync(f.fileno())
+            if self.calibration_path.exists():
+                shutil.rmtree(self.calibration_path)
+            os.replace(tmp, self.calibration_path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(self.path)
+        return self.record(self.calibration_path)
+
     # -- reading ----------------------------------------------------------------------------------
+    def calibration_files(self) -> list[Path]:
+        """The calibration JPEGs the lab wrote (sorted), [] when the run has none.
+
+        Raises:
+            LabError: the folder differs from what the lab recorded when it wrote it (never used then).
+        """
+        if not self.calibration_path.exists():
+            return []
+        if not self.is_trusted(self.calibration_path):
+            raise LabError(
+                f"{self.calibration_path} is not the calibration set the lab wrote (its sha256 differs from "
+                "the one recorded, or none was recorded); refusing to use it"
+            )
+        return sorted(self.calibration_path.glob("[0-9][0-9][0-9][0-9].jpg"))
+
     def class_names(self) -> list[str]:
         """The class names of labels.txt, in output order; raises NotFound or LabError."""
         if not _is_regular(self.labels_path):

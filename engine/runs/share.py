@@ -2,11 +2,13 @@
 
 `export_bundle` writes the members of the bundle format (`engine.runs.bundle`): the run's model,
 class names, config, metrics (misclassified images as small thumbnails, no paths of the author's
-disk), environment, dataset fingerprint, model card and HTML report, and a manifest with each
-member's sha256. `import_bundle` reads one with `bundle.read_bundle` (every check of an untrusted
-input), then writes the run through `RunFolder` (atomic files, artifact hashes recorded), finished
-and marked imported (`Run.origin`: from whom, their run id, the bundle hash, when). Importing the
-same bundle twice, or the same run of the same author shared again, gives the same run, not a copy.
+disk), environment, dataset fingerprint, model card and HTML report, up to 32 training images at
+the backbone's input size (JPEG, for int8 calibration on a lab without the author's dataset), and
+a manifest with each member's sha256. `import_bundle` reads one with `bundle.read_bundle` (every
+check of an untrusted input), then writes the run through `RunFolder` (atomic files, artifact
+hashes recorded, calibration images in its `calibration/` folder), finished and marked imported
+(`Run.origin`: from whom, their run id, the bundle hash, when). Importing the same bundle twice,
+or the same run of the same author shared again, gives the same run, not a copy.
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from engine import config as lab_config
 from engine.data import archives
 from engine.errors import LabError
 from engine.runs.bundle import (  # noqa: F401 (BundleError, MEMBER_LIMITS, thumbnail_bytes: this module's API too)
     BUNDLE_VERSION,
+    CALIBRATION_QUALITY,
     DATA_URI,
     MANIFEST,
+    MAX_CALIBRATION,
     MEMBER_LIMITS,
     REPORT,
     SCHEMA,
@@ -36,6 +42,7 @@ from engine.runs.bundle import (  # noqa: F401 (BundleError, MEMBER_LIMITS, thum
     THUMBNAILS,
     BundleError,
     VerifiedBundle,
+    calibration_member,
     read_bundle,
     thumbnail_bytes,
 )
@@ -83,6 +90,9 @@ def export_bundle(run_id: str, out: str | os.PathLike | None = None, store=None)
 
     members["model_card.md"] = report.model_card_markdown(run.id, store).encode("utf-8")
     members[REPORT] = report.run_report_html(run.id, store).encode("utf-8")
+    calibration, calibration_source = calibration_jpegs(folder)
+    for i, data in enumerate(calibration):
+        members[calibration_member(i)] = data
     origin = run.origin or {}
     manifest = {
         "schema": SCHEMA,
@@ -93,6 +103,7 @@ def export_bundle(run_id: str, out: str | os.PathLike | None = None, store=None)
         "author": run.author,
         "created": run.created,
         "exported_at": time.time(),
+        "calibration": {"count": len(calibration), "side": folder.input_size(), "from": calibration_source},
         "members": {
             name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             for name, data in members.items()
@@ -111,6 +122,46 @@ def export_bundle(run_id: str, out: str | os.PathLike | None = None, store=None)
 
     atomic_write(path, write)
     return path
+
+
+def calibration_jpegs(folder: RunFolder, count: int = MAX_CALIBRATION) -> tuple[list[bytes], str | None]:
+    """Up to `count` training images of the run as JPEGs at its backbone's input size, and where they
+    came from: the run's own dataset ("training images") when it is on disk here, else the
+    calibration set of an imported run ("bundled images"), else none ([], None)."""
+    from PIL import Image
+
+    from engine.data import datasets, images
+
+    config, side = folder.config(), folder.input_size()
+    source = config.get("source")
+    try:
+        data = datasets.scan_image_dir(
+            datasets.resolve_source(source),
+            config.get("validation_percentage", 10),
+            config.get("testing_percentage", 10),
+        )
+        records = data.split("train")
+    except LabError:
+        records = []
+    if records:  # a seeded choice over the train split: the same run, the same images
+        rng = np.random.default_rng(0)
+        chosen = [
+            records[i] for i in sorted(rng.choice(len(records), min(count, len(records)), replace=False))
+        ]
+        out = []
+        for rec in chosen:
+            pixels, _ = images.decode_or_reason(rec.path, side)  # the lab's safe decoder; bad ones skipped
+            if pixels is not None:
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="JPEG", quality=CALIBRATION_QUALITY)
+                out.append(buf.getvalue())
+        if out:
+            return out, "training images"
+    try:  # a re-shared import: the images it came with, if the lab still vouches for them
+        files = folder.calibration_files()[:count]
+        return [f.read_bytes() for f in files], "bundled images" if files else None
+    except (LabError, OSError):
+        return [], None
 
 
 def run_fingerprint(run) -> dict[str, Any]:
@@ -267,6 +318,8 @@ def _store_run(store, bundle: VerifiedBundle) -> str:
         store.set_environment(run.id, bundle.environment)
         folder.write_environment(bundle.environment)
         folder.write_metrics(bundle.history, results)
+        if bundle.calibration:
+            folder.write_calibration(list(bundle.calibration))
         store.finish_run(run.id, results, status="finished")
     except BaseException:
         with contextlib.suppress(Exception):
