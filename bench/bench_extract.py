@@ -93,7 +93,7 @@ def make_measures(
     import tensorflow as tf
 
     from engine.data import datasets
-    from engine.features import decode
+    from engine.features import decode as pipeline
     from engine.features.cache import FeatureCache
     from engine.features.extract import extract_features, feature_extractor
 
@@ -105,12 +105,12 @@ def make_measures(
     # converted once here (a worker keeps it on disk), outside the clock, like the traced function
     lite = feature_extractor(BACKBONE, weights, runtime="litert")
     size = extractor.input_size
-    decoded = list(decode.decode_dataset(paths, flags, size, batch_size))
+    decoded = list(pipeline.decode_dataset(paths, flags, size, batch_size))
     decoded_np = [b.numpy() for b in decoded]
     caches = iter(range(1_000_000))
 
     def decode():
-        ds = decode.decode_dataset(paths, flags, size, batch_size)
+        ds = pipeline.decode_dataset(paths, flags, size, batch_size)
         return measure(len(paths), lambda: [None for _ in ds])
 
     def forward():
@@ -121,7 +121,7 @@ def make_measures(
 
     def engine(settings=None, batch=batch_size, runtime="auto", name=BACKBONE, wts=weights, recs=records):
         cache = FeatureCache(tmp / f"cache{next(caches)}")  # empty every time
-        default, decode.SETTINGS = decode.SETTINGS, settings or decode.SETTINGS
+        default, pipeline.SETTINGS = pipeline.SETTINGS, settings or pipeline.SETTINGS
         out = {}
 
         def run():
@@ -130,14 +130,14 @@ def make_measures(
         try:
             result = measure(len(recs), run)
         finally:
-            decode.SETTINGS = default
+            pipeline.SETTINGS = default
         assert cache.count() == len(recs)
         result["runtime"] = out["r"].stats.runtime
         return result
 
     def decode_one(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return decode._resize(image, size)[None]  # the same decode + resize, one image at a time
+        return pipeline._resize(image, size)[None]  # the same decode + resize, one image at a time
 
     def per_image_call():  # Keras 3's direct way: model(batch of one) per image
         return measure(len(few), lambda: [extractor.model(decode_one(p)).numpy() for p in few])
@@ -167,7 +167,7 @@ def make_measures(
         inc_records = records[::4]
         inc_batches = [
             b.numpy()
-            for b in decode.decode_dataset(
+            for b in pipeline.decode_dataset(
                 [r.path for r in inc_records], [r.needs_pil for r in inc_records], inc.input_size, batch_size
             )
         ]
