@@ -67,6 +67,15 @@ if len(entries) < 2:
     st.stop()
 
 
+def shown(what: str, value) -> str:
+    """A fact as people read it: accuracies in percent, other numbers to 4 significant digits."""
+    if value is None:
+        return "—"
+    if "accuracy" in what:
+        return f"{value:.1%}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def label(run_id: str) -> str:
     e = entries[run_id]
     return f"{e.author} · {e.name} · {e.test_accuracy:.1%}"
@@ -83,6 +92,11 @@ names = {r: f"{entries[r].author}: {entries[r].name}" for r in (mine, theirs)}
 if names[mine] == names[theirs]:
     names = {mine: f"{names[mine]} #{mine[-4:]}", theirs: f"{names[theirs]} #{theirs[-4:]}"}
 
+# the facts table is narrow: head its columns by author alone when that tells the two runs apart
+authors = {r: entries[r].author for r in (mine, theirs)}
+short = authors if authors[mine] != authors[theirs] else names
+short_names = {"a": short[mine], "b": short[theirs]}
+
 curves, facts = st.columns([3, 2])
 with curves:
     split = st.radio("Split", ["validation", "train"], horizontal=True, key="board_split")
@@ -94,10 +108,13 @@ with curves:
     )
     plot(charts.compare_curves(histories, "accuracy", split, smoothing=0.0), key="board_curves")
 with facts:
-    rows = pd.DataFrame(board.side_by_side(run_a, run_b)).rename(
-        columns={"a": names[mine], "b": names[theirs]}
-    )
-    st.dataframe(rows.astype(str), hide_index=True, width="stretch")
+    rows = pd.DataFrame(
+        [
+            {"what": r["what"], "a": shown(r["what"], r["a"]), "b": shown(r["what"], r["b"])}
+            for r in board.side_by_side(run_a, run_b)
+        ]
+    ).rename(columns=short_names)
+    st.dataframe(rows, hide_index=True, width="stretch")
 
 photo = st.file_uploader(
     "A photo to classify with both runs", key="board_photo", help="JPEG, PNG, BMP, GIF, WebP or TIFF"

@@ -204,7 +204,7 @@ def compare_curves(
         _add_series(fig, rows["step"], rows[column], str(run), PALETTE[i % len(PALETTE)], smoothing)
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
-    return fig
+    return _legend_below_title(fig)  # run names are long, and the Class board draws this in a column
 
 
 def per_class_accuracy(frame: pd.DataFrame) -> go.Figure:

@@ -36,6 +36,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=TRAIN.seed)
     p.add_argument("--name", default=None, help="a label for the run")
+    p.add_argument("--author", default=None, help="your display name, shown to classmates (bundles, board)")
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     p.set_defaults(func=cmd_retrain)
 
@@ -82,6 +83,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             fine_tune_layers=args.fine_tune_layers,
         ),
         name=args.name,
+        author=args.author,
     )
     bar = ProgressBar(enabled=sys.stderr.isatty() or not args.json)
     try:
