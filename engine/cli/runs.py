@@ -126,12 +126,21 @@ def _print_dataset_notes(summary) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from engine.data.images import IMAGE_EXTENSIONS, printable
     from engine.errors import InvalidArgument
     from engine.export.predict import Classifier, expand_paths
 
     if args.batch_size < 1:
         raise InvalidArgument(f"--batch_size must be a positive integer, got {args.batch_size}")
-    paths = expand_paths(args.paths)
+    skipped: list = []
+    paths = expand_paths(args.paths, skipped)
+    if not paths:  # e.g. a folder of no images, or of only special files (which are never read)
+        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+        where = ", ".join(map(printable, args.paths))
+        passed = "".join(f"; skipped {printable(p.name)}: {why}" for p, why in skipped[:5])
+        raise InvalidArgument(f"No images to classify in {where} (looked for {kinds}{passed})")
+    for path, why in skipped:
+        print(f"{printable(path)}: skipped: {why}", file=sys.stderr)
     classifier = Classifier.from_run(args.run, fmt=args.format)
     if len(paths) > 1 and args.batch_size > 1:  # a folder: decoded and run in batches, same results
         results = classifier.predict_batch(paths, top_k=args.top_k, batch_size=args.batch_size)

@@ -48,17 +48,20 @@ class Prediction:
         return out
 
 
-def expand_paths(paths: list[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to the images they hold (sorted)."""
+def expand_paths(paths: list[str | Path], skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """Files as given, folders expanded to the images they hold (sorted).
+
+    Inside a folder, an image-named entry that is not a regular file (a FIFO, a device, a socket) is
+    never opened: it is left out, and listed with its reason in `skipped` when a list is given.
+    """
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(
-                sorted(
-                    p for p in path.rglob("*") if p.suffix.lower() in images.IMAGE_EXTENSIONS and p.is_file()
-                )
-            )
+            named = sorted(p for p in path.rglob("*") if p.suffix.lower() in images.IMAGE_EXTENSIONS)
+            out.extend(p for p in named if p.is_file())
+            if skipped is not None:
+                skipped.extend((p, "not a regular file") for p in named if not p.is_file() and not p.is_dir())
         elif path.is_file():
             out.append(path)
         elif path.exists():  # a FIFO or device would block the decoder forever

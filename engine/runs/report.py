@@ -52,6 +52,7 @@ RETRAIN_FLAGS = (
     ("--fine_tune_layers", "train.fine_tune_layers"),
     ("--seed", "train.seed"),
     ("--name", "name"),
+    ("--author", "author"),
 )
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;

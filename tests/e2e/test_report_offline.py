@@ -22,7 +22,6 @@ pytest.importorskip("playwright.sync_api", reason="e2e needs playwright")
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "_artifacts"
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -41,11 +40,8 @@ def _tiny_run(tmp_path: Path) -> str:
     return retrain(config).run_id
 
 
-def test_report_renders_offline_with_zero_requests(tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip(f"needs Debian's chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
+def test_report_renders_offline_with_zero_requests(tmp_path, browser):
+    """`browser` is the suite's one Playwright Chromium (a second sync Playwright cannot run beside it)."""
     run_id = _tiny_run(tmp_path)
     accuracy = RunStore().get_run(run_id).results["test_accuracy"]
     path = tmp_path / report.report_file_name("run", run_id)
@@ -53,32 +49,28 @@ def test_report_renders_offline_with_zero_requests(tmp_path):
     url = path.as_uri()
 
     requests, dialogs = [], []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900}, offline=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, offline=True)
+    try:
 
-            def block(route):
-                if route.request.url != url:  # the report file itself is the only thing it may load
-                    requests.append(route.request.url)
-                route.abort()
+        def block(route):
+            if route.request.url != url:  # the report file itself is the only thing it may load
+                requests.append(route.request.url)
+            route.abort()
 
-            context.route(
-                "**/*", lambda route: route.continue_() if route.request.url == url else block(route)
-            )
-            page = context.new_page()
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(url, wait_until="load")
-            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
-            charts = page.locator(".js-plotly-plot").count()
-            headline = page.locator(".metric").first.inner_text()
-            visible = page.locator(".metric .value").first.is_visible()
-            body = page.inner_text("body")
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        finally:
-            browser.close()
+        context.route("**/*", lambda route: route.continue_() if route.request.url == url else block(route))
+        page = context.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url, wait_until="load")
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30_000)
+        charts = page.locator(".js-plotly-plot").count()
+        headline = page.locator(".metric").first.inner_text()
+        visible = page.locator(".metric .value").first.is_visible()
+        body = page.inner_text("body")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    finally:
+        context.close()
 
     assert requests == [], requests
     assert dialogs == [], dialogs
