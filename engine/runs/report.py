@@ -529,7 +529,7 @@ def _travelling_thumbnail(uri: Any) -> str | None:
     return None
 
 
-def thumbnail_uri(path: Any) -> str | None:
+def thumbnail_uri(path: Any, side: int = THUMBNAIL_SIDE, quality: int = 85) -> str | None:
     """A small JPEG of an image file as a data: URI, or None when it cannot be read here."""
     if not path:
         return None
@@ -541,7 +541,7 @@ def thumbnail_uri(path: Any) -> str | None:
     if pixels is None:
         return None
     img = Image.fromarray(pixels)
-    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    img.thumbnail((side, side))
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
+    img.save(buf, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -13,7 +13,6 @@ or the same run of the same author shared again, gives the same run, not a copy.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import io
@@ -205,20 +204,10 @@ def _shared_results(run) -> dict[str, Any]:
 
 
 def _thumbnail_uri(path: Any) -> str | None:
-    if not path:
-        return None
-    from PIL import Image
+    """The thumbnail a misclassified photo travels with (None when the photo has moved since the run)."""
+    from engine.runs import report
 
-    from engine.data.images import decode_or_reason
-
-    pixels, _ = decode_or_reason(path)  # the lab's safe decoder: no bombs, links or FIFOs
-    if pixels is None:
-        return None  # the photo has moved since the run: it travels without a picture
-    img = Image.fromarray(pixels)
-    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=80)
-    return DATA_URI[0] + base64.b64encode(buf.getvalue()).decode("ascii")
+    return report.thumbnail_uri(path, side=THUMBNAIL_SIDE, quality=80)
 
 
 def _out_path(out, run_id: str) -> Path:
