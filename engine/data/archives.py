@@ -82,21 +82,26 @@ def printable(text: str, limit: int = 120) -> str:
     return shown if len(shown) <= limit else shown[: limit - 4] + "…" + shown[-3:]
 
 
+def check_folder_name(name: str, what: str) -> str:
+    """Validate a name that becomes a folder (a dataset, a class): control characters are refused, since
+    a newline in a class name would shift every line of labels.txt. `what` names it in the message."""
+    if isinstance(name, str) and (problem := name_problem(name)):
+        raise InvalidArgument(
+            f"{what} {problem}: use letters, digits, spaces, '.', '_' or '-', got name={printable(name)}"
+        )
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name.strip()) or ".." in name:
+        raise InvalidArgument(
+            f"{what} must be 1-80 letters, digits, spaces, '.', '_' or '-' and start with a "
+            f"letter or digit, got name={name!r}"
+        )
+    return name.strip()
+
+
 def check_dataset_name(name: str) -> str:
     """Validate an upload's dataset name (it becomes a folder name); a trailing .zip is dropped."""
     if isinstance(name, str) and name.lower().endswith(".zip"):
         name = name[:-4]
-    if isinstance(name, str) and (problem := name_problem(name)):
-        raise InvalidArgument(
-            f"dataset name {problem}: use letters, digits, spaces, '.', '_' or '-', "
-            f"got name={printable(name)}"
-        )
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name.strip()) or ".." in name:
-        raise InvalidArgument(
-            "dataset name must be 1-80 letters, digits, spaces, '.', '_' or '-' and start with a "
-            f"letter or digit, got name={name!r}"
-        )
-    return name.strip()
+    return check_folder_name(name, "dataset name")
 
 
 @contextmanager

@@ -19,8 +19,8 @@ from engine import config
 from engine.data.archives import (
     UPLOADS_QUOTA_BYTES,
     check_dataset_name,
+    check_folder_name,
     folder_bytes,
-    name_problem,
     printable,
     uploads_dir,
 )
@@ -28,7 +28,6 @@ from engine.data.images import IMAGE_EXTENSIONS, decode_image_bytes
 from engine.errors import BadImage, DatasetError, InvalidArgument
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_CLASS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,79}")
 _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 _MAX_TRIES = 10_000  # free names tried per file before giving up (stem-2 ... stem-10000)
 
@@ -43,18 +42,8 @@ class UploadResult:
 
 
 def check_class_name(name: str) -> str:
-    """Validate a class name (it becomes a folder name and a label): control characters are refused,
-    since a newline in a label would shift every line of labels.txt."""
-    if isinstance(name, str) and (problem := name_problem(name)):
-        raise InvalidArgument(
-            f"class name {problem}: use letters, digits, spaces, '.', '_' or '-', got name={printable(name)}"
-        )
-    if not isinstance(name, str) or not _CLASS_RE.fullmatch(name.strip()) or ".." in name:
-        raise InvalidArgument(
-            "class name must be 1-80 letters, digits, spaces, '.', '_' or '-' and start with a "
-            f"letter or digit, got name={name!r}"
-        )
-    return name.strip()
+    """Validate a class name (it becomes a folder name and a label)."""
+    return check_folder_name(name, "class name")
 
 
 def safe_file_name(name: str) -> str:
