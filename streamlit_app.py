@@ -38,7 +38,7 @@ def main() -> None:
         page_title="Classifier Lab",
         page_icon=":material/neurology:",
         layout="wide",
-        initial_sidebar_state="expanded",
+        initial_sidebar_state="auto",  # collapsed on phones, open on wide screens
     )
     pages = {
         file: st.Page(file, title=title, icon=icon, default=(i == 0))
