@@ -1,7 +1,8 @@
-"""Parsing of what the CLI and the pages accept: comma-separated lists ("0.005, 0.01; 0.1"), display names."""
+"""Parsing of what the CLI and the pages accept (comma-separated lists, display names); times for people."""
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Callable
 from typing import TypeVar
@@ -66,3 +67,36 @@ def person_name(text: str | None) -> str | None:
             f"a display name cannot hold control or invisible characters ({', '.join(bad)})"
         )
     return name or None
+
+
+def human_seconds(seconds: float | None) -> str:
+    """A duration for people: '< 1 ms', '39 ms', '2.4 s', '12 s', '1 min 05 s', '1 h 02 min' ('—': unknown).
+
+    One formatter for every page and command, so a time reads the same everywhere: milliseconds below a
+    second (0.0386 -> '39 ms', never '0.0 s'), one decimal below ten seconds, whole units above.
+
+    Args:
+        seconds: a duration; None, NaN, infinite or negative values count as unknown.
+    """
+    if seconds is None or isinstance(seconds, bool):
+        return "—"
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        return "—"
+    if not math.isfinite(value) or value < 0:
+        return "—"
+    millis = round(value * 1000)
+    if millis < 1:
+        return "< 1 ms"
+    if millis < 1000:
+        return f"{millis} ms"
+    if round(value, 1) < 10:
+        return f"{value:.1f} s"
+    whole = int(round(value))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    minutes = int(round(value / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min"
