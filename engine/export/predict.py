@@ -81,6 +81,7 @@ class Classifier:
         # the backend that turns pixels into probabilities: Keras by default, or any exported format
         self.runtime = runtime if runtime is not None else KerasRuntime(model, input_size)
         self.fmt = self.runtime.fmt
+        self.run_id: str | None = None  # the run it comes from (from_run), for the familiarity check
 
     @classmethod
     def from_run(cls, run_id: str, store=None, fmt: str = "keras") -> Classifier:
@@ -101,10 +102,14 @@ class Classifier:
             runtime, info = load_run_runtime(run_id, fmt, store)
             probs = runtime.predict(np.zeros((1, info.input_size, info.input_size, 3), np.float32))
             info.files.check_outputs(int(np.shape(probs)[-1]))
-            return cls(None, info.class_names, info.input_size, f"run {info.run_id} ({fmt})", runtime=runtime)
+            made = cls(None, info.class_names, info.input_size, f"run {info.run_id} ({fmt})", runtime=runtime)
+            made.run_id = info.run_id
+            return made
         folder = RunFolder.of(run_id, store)
         model = folder.load_model()
-        return cls(model, folder.class_names(), folder.input_size(), f"run {folder.run_id}")
+        made = cls(model, folder.class_names(), folder.input_size(), f"run {folder.run_id}")
+        made.run_id = folder.run_id
+        return made
 
     def predict_arrays(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of (N, size, size, 3) 0..255 pixels."""

@@ -10,6 +10,8 @@ Layout of `runs/<id>/` (kept stable so run folders stay portable; README documen
     exports/<format>/  converted models, each with a manifest.json written last
     calibration/       (imported runs) NNNN.jpg: training images of the author at the backbone's input
                        size, for int8 calibration where the author's dataset is not on disk
+    familiarity.json   the "none of these" threshold (engine/export/familiar.py), keyed by the bottleneck
+                       cache key; recomputed when missing, changed or made for another cache key
 
 Every file is written to a temporary name in the same folder, flushed to disk and renamed over the
 old one, so a process killed mid-write leaves the previous file (or none), never half of one. The
@@ -40,6 +42,7 @@ METRICS = "metrics.json"
 ENVIRONMENT = "environment.json"
 EXPORTS = "exports"
 CALIBRATION = "calibration"
+FAMILIARITY = "familiarity.json"
 _CHUNK = 1 << 20
 _RACY_SECONDS = 2.0
 _MAX_REMEMBERED = 256
@@ -100,6 +103,10 @@ class RunFolder:
     def calibration_path(self) -> Path:
         return self.path / CALIBRATION
 
+    @property
+    def familiarity_path(self) -> Path:
+        return self.path / FAMILIARITY
+
     def relpath(self, path: Path) -> str:
         """`path` relative to the run folder, with forward slashes (the key of an artifact hash)."""
         return Path(path).relative_to(self.path).as_posix()
@@ -154,7 +161,23 @@ class RunFolder:
         _fsync_dir(self.path)
         return self.record(self.calibration_path)
 
+    def write_familiarity(self, data: dict[str, Any]) -> None:
+        """Write familiarity.json (engine/export/familiar.py's calibration) atomically and record its hash."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.familiarity_path, json.dumps(data, default=float))
+        self.record(self.familiarity_path)
+
     # -- reading ----------------------------------------------------------------------------------
+    def familiarity(self) -> dict[str, Any] | None:
+        """familiarity.json as the lab wrote it, or None (absent, changed since written, unreadable)."""
+        if not _is_regular(self.familiarity_path) or not self.is_trusted(self.familiarity_path):
+            return None
+        try:
+            data = read_json(self.familiarity_path)
+        except LabError:
+            return None
+        return data if isinstance(data, dict) else None
+
     def calibration_files(self) -> list[Path]:
         """The calibration JPEGs the lab wrote (sorted), [] when the run has none.
 
