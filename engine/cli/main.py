@@ -19,7 +19,7 @@ from engine.errors import LabError
 # modules that add a subcommand; a module missing from a partial checkout is skipped
 COMMAND_MODULES = (
     "engine.cli.runs", "engine.cli.arch", "engine.cli.convert", "engine.cli.experiment", "engine.cli.report",
-    "engine.cli.share",
+    "engine.cli.share", "engine.cli.health",
 )  # fmt: skip
 
 

@@ -8,7 +8,9 @@ closed browser tab does not stop it, and a new session finds it again with
 The queue is bounded: at most `config.max_jobs()` (`LAB_MAX_JOBS`) jobs of this machine run at once;
 the others wait as "queued" with their place in line (`queue_position`). There is no daemon: whenever a
 job is started, polled or ends, `fill_slots` lets the store hand free slots to the oldest waiting jobs
-(one transaction) and starts their workers. A dead worker's slot is freed when it is reconciled.
+(one transaction) and hands them to workers: an idle warm worker of `engine.jobs.pool` (TensorFlow
+already imported, backbones built), or a newly started process when none is idle. A dead worker's slot is
+freed when it is reconciled, and its job is interrupted.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import importlib
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +27,8 @@ from typing import Any
 
 from engine import config
 from engine.errors import InvalidArgument, LabError
+from engine.jobs import pool
+from engine.jobs.pool import LOG_NAME
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 from engine.runs.entities import ACTIVE_STATUSES, JOB_STATUSES, Job
 from engine.runs.store import RunStore, hostname, process_alive
@@ -61,9 +63,9 @@ JOB_KINDS: dict[str, str] = {
     "count": "engine.jobs.queue:count_job",
     "convert": "engine.export.pipeline:run_job",
     "timing": "engine.timing.lab:run_job",
+    "health": "engine.runs.health:run_job",
 }
 CANCEL_GRACE_SECONDS = 5.0  # how long a worker gets to notice the cancel flag before it is terminated
-LOG_NAME = "worker.log"
 
 
 def job_dir(job_id: str, store: RunStore | None = None) -> Path:
@@ -121,14 +123,11 @@ def _fill(store: RunStore, limit: int, started: list[str] | None = None) -> dict
     failures: dict[str, LabError] = {}
     while True:
         promoted = store.promote_jobs(limit)
-        for job_id in promoted:
-            try:
-                _spawn_worker(job_id, store)
-            except LabError as exc:  # recorded on the job; its slot is free again
-                failures[job_id] = exc
-            if started is not None:
-                started.append(job_id)
-        if not promoted or not any(job_id in failures for job_id in promoted):
+        failed = pool.start_workers(store, promoted)  # idle warm workers first, new processes else
+        failures.update(failed)
+        if started is not None:
+            started.extend(promoted)
+        if not failed:
             return failures
 
 
@@ -145,31 +144,6 @@ def queue_position(job_id: str, store: RunStore | None = None) -> int | None:
 def queue_seconds(job: Job) -> float | None:
     """Seconds the job waited from submission until it got a slot; None while it still waits."""
     return None if job.started is None else max(0.0, job.started - job.created)
-
-
-def _spawn_worker(job_id: str, store: RunStore) -> None:
-    folder = job_dir(job_id, store)
-    folder.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    # the worker must import this engine even when started from another working directory
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "engine.jobs.worker", job_id, "--db", str(store.path)]
-    try:
-        with (folder / LOG_NAME).open("ab") as log:
-            proc = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # own session: survives the Streamlit script and its signals
-            )
-    except OSError as exc:
-        message = f"Could not start the worker process: {exc}"
-        store.finish_job(job_id, "failed", error=message, only_if_active=True)
-        raise LabError(message) from exc
-    store.set_job_worker(job_id, proc.pid)
 
 
 def get_job(job_id: str, store: RunStore | None = None) -> Job:
