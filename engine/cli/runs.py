@@ -40,8 +40,30 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="end stdout with one JSON object")
     p.set_defaults(func=cmd_retrain)
 
-    c = subparsers.add_parser("classify", help="classify images with a run's model (label_image)")
-    c.add_argument("--run", required=True, help="run id (see `runs`)")
+    c = subparsers.add_parser(
+        "classify", help="classify images with a run's model (label_image), or several models side by side"
+    )
+    c.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        help="run id (see `runs`), or RUN_ID:FORMAT; repeat it to set models side by side",
+    )
+    c.add_argument("--tflite", action="append", default=[], help="a .tflite classifier file (with --labels)")
+    c.add_argument(
+        "--labels", action="append", default=[], help="the labels file of each --tflite, one name per line"
+    )
+    c.add_argument(
+        "--imagenet",
+        action="append",
+        default=[],
+        help="a backbone's ImageNet classifier (top weights cached)",
+    )
+    c.add_argument(
+        "--no_familiar",
+        action="store_true",
+        help="side by side: skip the check whether a photo is unlike a run's training photos",
+    )
     c.add_argument("paths", nargs="+", help="image files or folders")
     c.add_argument("--top_k", type=int, default=5)
     c.add_argument(
@@ -125,22 +147,44 @@ def _print_dataset_notes(summary) -> None:
         print(f"skipped: ... and {len(summary.skipped) - NOTES_SHOWN} more (see --json)", file=sys.stderr)
 
 
-def cmd_classify(args: argparse.Namespace) -> int:
-    from engine.data.images import IMAGE_EXTENSIONS, printable
+def _photo_paths(raw: list[str]) -> list:
+    """The image files of the PATH arguments (folders expanded); skipped special files noted on stderr."""
+    from engine.data.images import IMAGE_EXTENSIONS
     from engine.errors import InvalidArgument
-    from engine.export.predict import Classifier, expand_paths
+    from engine.export.predict import expand_paths
 
-    if args.batch_size < 1:
-        raise InvalidArgument(f"--batch_size must be a positive integer, got {args.batch_size}")
     skipped: list = []
-    paths = expand_paths(args.paths, skipped)
+    paths = expand_paths(raw, skipped)
     if not paths:  # e.g. a folder of no images, or of only special files (which are never read)
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-        where = ", ".join(map(printable, args.paths))
+        where = ", ".join(map(printable, raw))
         passed = "".join(f"; skipped {printable(p.name)}: {why}" for p, why in skipped[:5])
         raise InvalidArgument(f"No images to classify in {where} (looked for {kinds}{passed})")
     for path, why in skipped:
         print(f"{printable(path)}: skipped: {why}", file=sys.stderr)
+    return paths
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from engine.errors import InvalidArgument
+    from engine.export.predict import Classifier
+
+    if args.batch_size < 1:
+        raise InvalidArgument(f"--batch_size must be a positive integer, got {args.batch_size}")
+    if len(args.tflite) != len(args.labels):
+        raise InvalidArgument(
+            f"each --tflite needs its --labels file: got {len(args.tflite)} --tflite "
+            f"and {len(args.labels)} --labels"
+        )
+    models = len(args.run) + len(args.tflite) + len(args.imagenet)
+    if models == 0:
+        raise InvalidArgument(
+            "name a model: --run RUN_ID[:FORMAT], --tflite FILE --labels FILE or --imagenet NAME"
+        )
+    if models > 1 or args.tflite or args.imagenet or ":" in args.run[0]:
+        return _classify_side_by_side(args)
+    args.run = args.run[0]
+    paths = _photo_paths(args.paths)
     classifier = Classifier.from_run(args.run, fmt=args.format)
     if len(paths) > 1 and args.batch_size > 1:  # a folder: decoded and run in batches, same results
         results = classifier.predict_batch(paths, top_k=args.top_k, batch_size=args.batch_size)
@@ -165,6 +209,72 @@ def cmd_classify(args: argparse.Namespace) -> int:
             }
         )
     return 1 if failed == len(results) else 0
+
+
+def _classify_side_by_side(args: argparse.Namespace) -> int:
+    """Every photo through every named model: one line per model, disagreements marked with "*"."""
+    from engine.errors import InvalidArgument
+    from engine.export import lineup
+
+    choices = [lineup.parse_run_choice(text if ":" in text else f"{text}:{args.format}") for text in args.run]
+    choices += [lineup.tflite_choice(m, lab) for m, lab in zip(args.tflite, args.labels, strict=True)]
+    choices += [lineup.imagenet_choice(name) for name in args.imagenet]
+    keys = [c.key for c in choices]
+    if len(set(keys)) < len(keys):
+        raise InvalidArgument(
+            f"a model is named twice: {', '.join(k for k in keys if keys.count(k) > 1)}"
+        )
+    paths = _photo_paths(args.paths)
+    classifiers = [lineup.load_choice(c) for c in choices]
+    result = lineup.side_by_side(classifiers, paths, top_k=args.top_k, familiar=not args.no_familiar)
+    _print_lineup(result)
+    if args.json:
+        print_json(
+            {
+                "models": [
+                    {"key": c.key, "title": c.name, "backend": k.runtime.backend}
+                    for c, k in zip(choices, classifiers, strict=True)
+                ],
+                "photos": result.photos,
+                "agreement": [round(result.agreement(i), 4) for i in range(len(result.photos))],
+                "disagreements": result.disagreements(),
+                "entries": result.entries(),
+            }
+        )
+    failed = all(p.error for row in result.predictions for p in row)
+    return 1 if failed else 0
+
+
+def _print_lineup(result) -> None:
+    """Per photo, one line per model (top-1, score, latency); "*" marks a model off the majority."""
+    from engine.export.lineup import same_label
+
+    width = max(len(m) for m in result.models)
+    notes: dict[str, str] = {}
+    for i, photo in enumerate(result.photos):
+        row = result.predictions[i]
+        tops = [same_label(p.top1) for p in row if not p.error and p.top1]
+        common = max(set(tops), key=tops.count) if tops else None
+        agree = result.agreement(i)
+        print(
+            f"{printable(photo)}" + ("" if agree == 1.0 else f"  (models disagree: {agree * 100:.0f}% agree)")
+        )
+        for title, pred in zip(result.models, row, strict=True):
+            if pred.error:
+                print(f"  {printable(title):<{width}}  error: {printable(pred.error)}")
+                continue
+            mark = "*" if len(tops) > 1 and same_label(pred.top1) != common else " "
+            line = f"{mark} {printable(title):<{width}}  {printable(pred.top1):<24} {pred.scores[0]:.4f}"
+            line += f"  {pred.latency_ms:7.1f} ms"
+            verdict = pred.extra.get("familiar")
+            if verdict and verdict.get("unfamiliar"):
+                far, limit = verdict["distance"], verdict["threshold"]
+                line += f"  ! unlike its training photos (distance {far:.3f} > {limit:.3f})"
+            elif verdict and verdict.get("distance") is None:
+                notes[title] = verdict["note"]
+            print(line)
+    for title, note in notes.items():
+        print(f"note: {printable(title)}: {printable(note)}", file=sys.stderr)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
