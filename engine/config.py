@@ -5,10 +5,11 @@ Every folder and file of the data directory is named here and nowhere else:
     $LAB_HOME/
         lab.sqlite          runs, experiments, metrics, jobs (engine.runs.store)
         runs/<run_id>/      one portable folder per run
-        jobs/<job_id>/      a job's log
+        jobs/<job_id>/      a job's log; jobs/_workers/ the warm workers' own logs
         datasets/           downloaded and demo datasets; uploads/ extracted uploads; downloads/ archives
         cache/              the bottleneck cache; architecture/ analysed models
         timings/            timing lab reports, measured here or imported
+        uploads/models/     .tflite classifiers uploaded on Classify, one folder per upload
 
 Functions that take `home` answer for another data directory (a store opened on a given file);
 by default they use `lab_home()`. Every folder is created on first use; a data directory that is a
@@ -94,6 +95,11 @@ def jobs_dir(home: str | Path | None = None) -> Path:
     return _sub(home, "jobs")
 
 
+def worker_logs_dir(home: str | Path | None = None) -> Path:
+    """The logs of warm job workers (each job's own lines also go to its job folder)."""
+    return _sub(home, "jobs", "_workers")
+
+
 def datasets_dir() -> Path:
     """Downloaded, extracted and uploaded datasets."""
     return _sub(None, "datasets")
@@ -102,6 +108,11 @@ def datasets_dir() -> Path:
 def uploads_dir() -> Path:
     """Extracted uploads, one folder per dataset name (inside `datasets_dir()`)."""
     return _sub(None, "datasets", "uploads")
+
+
+def model_uploads_dir() -> Path:
+    """Uploaded .tflite classifiers with their labels, one folder per upload (engine.export.uploaded)."""
+    return _sub(None, "uploads", "models")
 
 
 def downloads_dir() -> Path:
@@ -166,6 +177,53 @@ def max_jobs() -> int:
     from engine.machine import usable_cores  # the ground's other module; imported late, it reads /proc
 
     return _whole_number_setting("LAB_MAX_JOBS", max(1, usable_cores() // 2), 1)
+
+
+def warm_workers() -> int:
+    """`$LAB_WARM_WORKERS`: how many idle job workers stay warm (TensorFlow imported, backbone built)
+    waiting for the next job; 0 starts a fresh one-shot worker per job (the old way).
+
+    Default 1: a warm worker holds ~0.75 GB, and one is enough to make the next Train press fast.
+    Never more workers than `max_jobs()` exist at once, idle or busy.
+
+    Raises:
+        LabError: a value that is not a whole number >= 0.
+    """
+    return _whole_number_setting("LAB_WARM_WORKERS", 1, 0)
+
+
+def worker_idle_seconds() -> int:
+    """`$LAB_WORKER_IDLE_SECONDS`: an idle warm worker exits after this long without a job (default 600).
+
+    Raises:
+        LabError: a value that is not a whole number >= 1.
+    """
+    return _whole_number_setting("LAB_WORKER_IDLE_SECONDS", 600, 1)
+
+
+def worker_max_jobs() -> int:
+    """`$LAB_WORKER_MAX_JOBS`: a warm worker is replaced after this many jobs (default 50), which bounds
+    what a leak in one job kind can pile up.
+
+    Raises:
+        LabError: a value that is not a whole number >= 1.
+    """
+    return _whole_number_setting("LAB_WORKER_MAX_JOBS", 50, 1)
+
+
+def worker_max_rss_mb() -> int:
+    """`$LAB_WORKER_MAX_RSS_MB`: a warm worker whose resident memory is above this after a job exits
+    instead of waiting for the next one (default 3000 MB; a worker that trained MobileNet holds ~0.8 GB).
+
+    Raises:
+        LabError: a value that is not a whole number >= 100.
+    """
+    return _whole_number_setting("LAB_WORKER_MAX_RSS_MB", 3000, 100)
+
+
+def prewarm_enabled() -> bool:
+    """`$LAB_PREWARM`: "0" keeps the dashboard from starting a warm worker when it opens (default "1")."""
+    return (os.environ.get("LAB_PREWARM") or "1").strip() != "0"
 
 
 DEFAULT_USER_QUOTA_MB = 500  # a class of 30 uploading flower-sized sets stays under the uploads quota
