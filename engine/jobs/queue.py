@@ -64,6 +64,7 @@ JOB_KINDS: dict[str, str] = {
     "convert": "engine.export.pipeline:run_job",
     "timing": "engine.timing.lab:run_job",
     "health": "engine.runs.health:run_job",
+    "classify_batch": "engine.export.batch:run_job",
 }
 CANCEL_GRACE_SECONDS = 5.0  # how long a worker gets to notice the cancel flag before it is terminated
 
