@@ -155,6 +155,70 @@ def pretrained(name: str):
 def forget_run(run_id: str) -> None:
     """Drop cached resources of a deleted run."""
     _run_classifier.clear(_home(), run_id)
+    _choice_classifier.clear()  # keyed by choice, which may name the run in any format
+
+
+# -- Classify: models side by side ---------------------------------------------------------------
+@st.cache_data(show_spinner=False, ttl=10)
+def _model_choices(home: str, keras_home: str) -> tuple[list, list]:
+    from engine.export import lineup, runtimes
+    from engine.export.uploaded import uploaded_choices
+
+    present = [*lineup.available_choices(store()), *uploaded_choices()]
+    keys = {c.key for c in present}
+    formats = [f for f in runtimes.FORMATS if f not in runtimes.TENSORRT_FORMATS] + (
+        list(runtimes.TENSORRT_FORMATS) if tensorrt_status()["available"] else []
+    )
+    runs = [c.ref for c in present if c.kind == "run" and c.fmt == "keras"]
+    later = [
+        lineup.run_choice(run_id, fmt, store())
+        for run_id in runs
+        for fmt in formats
+        if f"run:{run_id}:{fmt}" not in keys
+    ]
+    return present, later
+
+
+def model_choices() -> tuple[list, list]:
+    """(models Classify can run now, run formats it can convert on first use): lineup.ModelChoice lists.
+
+    Now: finished runs in every format present, ImageNet models with cached top weights, uploaded
+    .tflite files. Later: each finished run's other formats (TensorRT only where it can run here).
+    """
+    return _model_choices(_home(), str(config.keras_home()))
+
+
+def refresh_model_choices() -> None:
+    """Forget the list after a conversion or an upload, so the next look sees the new model."""
+    _model_choices.clear()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _choice_classifier(home: str, keras_home: str, key: str, _choice):
+    from engine.export.lineup import load_choice
+
+    return load_choice(_choice, store=store())
+
+
+def choice_classifier(choice):
+    """The loaded classifier of a ModelChoice (engine.export.lineup.load_choice), once per server."""
+    return _choice_classifier(_home(), str(config.keras_home()), choice.key, choice)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _explanation(home: str, key: str, digest: str, class_name: str | None, _choice, _data: bytes):
+    from engine.export.heatmap import explain, overlay
+
+    heatmap = explain(choice_classifier(_choice), _data, class_name=class_name)
+    return heatmap, overlay(_data, heatmap.heat)
+
+
+def explanation(choice, data: bytes, class_name: str | None = None):
+    """(engine.export.heatmap.Heatmap, overlay RGB) of one photo for one model's class, computed once."""
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    return _explanation(_home(), choice.key, digest, class_name, choice, data)
 
 
 def model_file(run_id: str) -> Path | None:

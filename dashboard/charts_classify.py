@@ -60,7 +60,7 @@ def model_top_k(
 
 def latency_per_model(frame: pd.DataFrame) -> go.Figure:
     """Median latency per model; columns `model`, `latency_ms` (one row per photo and model)."""
-    fig = _figure("Latency per model (median over the photos)", 0)
+    fig = _figure("Latency per model (median over the photos)", 100)
     medians = frame.groupby("model", sort=False)["latency_ms"].median() if not frame.empty else pd.Series()
     fig.update_layout(height=60 + 34 * max(len(medians), 1), margin={**_MARGIN, "b": 40})
     if medians.empty:
