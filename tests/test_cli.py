@@ -134,3 +134,40 @@ def test_parse_list_is_shared_by_cli_and_pages():
     expected = "Layer counts must be comma-separated whole numbers, got '2.5'"
     with pytest.raises(InvalidArgument, match=expected):
         parse_list("0, 2.5", int, "Layer counts")
+
+
+CORAL = ROOT.parent / "shared" / "assets" / "coral_tflite"
+
+
+def test_classify_side_by_side_two_tflite_files(sample_images_dir):
+    if not CORAL.is_dir():
+        pytest.skip(f"needs the shared offline asset {CORAL} (../shared/assets is absent here)")
+    labels = str(CORAL / "imagenet_labels.txt")
+    models = [
+        str(CORAL / "mobilenet_v2_1.0_224_quant.tflite"),
+        str(CORAL / "mobilenet_v1_0.25_128_quant.tflite"),
+    ]
+    photos = [str(sample_images_dir / "classic-daisy.jpg"), str(sample_images_dir / "grace_hopper.bmp")]
+    args = ["classify", "--tflite", models[0], "--labels", labels, "--tflite", models[1], "--labels", labels]
+    proc = run_cli(*args, *photos, "--top_k", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = last_json(proc)
+    assert [m["title"] for m in out["models"]] == [
+        "mobilenet_v2_1.0_224_quant (tflite)",
+        "mobilenet_v1_0.25_128_quant (tflite)",
+    ]
+    assert len(out["entries"]) == 4 and out["photos"] == photos
+    first = out["entries"][0]
+    assert {"source", "model", "labels", "scores", "latency_ms"} <= set(first) and len(first["labels"]) == 2
+    assert [e["labels"][0] for e in out["entries"][:2]] == ["daisy", "daisy"]
+    assert out["disagreements"] == [1] and out["agreement"][0] == 1.0
+    lines = proc.stdout.splitlines()
+    grace = lines.index(next(line for line in lines if line.startswith(photos[1])))
+    assert "models disagree: 50% agree" in lines[grace]
+    assert lines[grace + 1].startswith("* ") or lines[grace + 2].startswith("* ")  # the odd one out marked
+
+    proc = run_cli("classify", "--tflite", models[0], photos[0])  # no --labels
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "each --tflite needs its --labels file: got 1 --tflite and 0 --labels" in proc.stderr
+    proc = run_cli("classify", "--tflite", labels, "--labels", labels, photos[0])
+    assert proc.returncode == 2 and "is not a TFLite model" in proc.stderr and "Traceback" not in proc.stderr
