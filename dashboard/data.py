@@ -5,11 +5,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, charts
-from dashboard.components import current_author, guard, page_link, plot
+from dashboard import cache, charts, charts_health
+from dashboard.components import current_author, guard, job_header, job_progress, page_link, plot
 from engine import config
 from engine.data import datasets, quota, uploads
 from engine.errors import InvalidArgument
+from engine.jobs import queue as jobs
 
 SOURCES = {
     "demo": ":material/category: Demo set",
@@ -21,6 +22,7 @@ SOURCES = {
 }
 THUMBS_PER_CLASS = 8
 DUPLICATE_ROWS = 200  # files listed in the duplicates table; the warning counts them all
+HEALTH_SHOWN = 12  # photos (or pairs) shown per health finding; the counts cover them all
 
 
 def use_dataset(path: Path | str, note: str = "") -> None:
@@ -36,6 +38,106 @@ def check_may_replace(name: str, author: str | None) -> None:
     me = (author or "").strip() or quota.UNNAMED
     if owner is not None and owner != me:
         raise InvalidArgument(f"The dataset {name!r} was uploaded by {owner}; only they can replace it")
+
+
+def health_params(path: str, validation: int, testing: int) -> dict:
+    return {"image_dir": str(path), "validation_percentage": validation, "testing_percentage": testing}
+
+
+def health_jobs(params: dict) -> tuple:
+    """(the running health job of these params or None, the newest finished one or None)."""
+    mine = [j for j in jobs.list_jobs(store=cache.store()) if j.kind == "health" and j.params == params]
+    running = next((j for j in mine if j.active), None)
+    done = max((j for j in mine if j.status == "finished"), key=lambda j: j.finished or 0, default=None)
+    return running, done
+
+
+@st.fragment(run_every=1.0)
+def health_monitor(job_id: str) -> None:
+    job = jobs.get_job(job_id, store=cache.store())
+    job_header(job, "Checking the dataset's health", key="health_cancel")
+    job_progress(job)
+    if not job.active:
+        st.rerun()
+
+
+def photo_row(photos: list[dict], captions: list[str]) -> None:
+    """Thumbnails of `photos` ({"path", ...}), one caption each; an unreadable file is named, not shown."""
+    shown, names = [], []
+    for photo, caption in zip(photos, captions, strict=True):
+        with guard(f"Showing {Path(photo['path']).name}"):
+            shown.append(cache.thumbnail(photo["path"], 112))
+            names.append(caption)
+    if shown:
+        st.image(shown, caption=names, width=112)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else words or word + 's'}"
+
+
+def short(photo: dict) -> str:
+    return f"{photo['label']}/{Path(photo['path']).name} · {photo['split']}"
+
+
+def health_section(report: dict) -> None:
+    """The health report: headline numbers, the two figures, then each finding with its photos and advice."""
+    exact, near, balance, mislabels = (
+        report[k] for k in ("exact_duplicates", "near_duplicates", "classes", "mislabels")
+    )
+    m = st.columns(4)
+    m[0].metric("Exact copies", exact["extra_copies"], help="files with the same bytes as another")
+    m[1].metric("Near-duplicate pairs", near["pairs"], help="resized or re-encoded copies")
+    small_help = f"fewer than {balance['small_threshold']} photos"
+    m[2].metric("Small classes", len(balance["small_classes"]), help=small_help)
+    m[3].metric("Likely mislabels", mislabels["count"])
+    left, right = st.columns(2)
+    with left:
+        plot(charts_health.findings(report), key="health_findings")
+    with right:
+        plot(charts_health.class_balance(balance), key="health_balance")
+    th = report["thresholds"]
+
+    copies = f"{plural(exact['extra_copies'], 'extra copy', 'extra copies')}"
+    st.markdown(f"**Exact duplicates** · {copies} in {plural(exact['groups'], 'group')}")
+    st.caption(exact["advice"])
+    for group in exact["items"][:HEALTH_SHOWN]:
+        photo_row(group["files"], [short(f) for f in group["files"]])
+
+    st.markdown(
+        f"**Near-duplicates** · {plural(near['pairs'], 'pair')} ({near['across_splits']} across splits, "
+        f"{near['across_classes']} across classes)"
+    )
+    st.caption(
+        f"{near['advice']} Found by cosine similarity of {report['backbone']} bottlenecks (each photo's "
+        f"{th['candidate_neighbours']} nearest, cosine at least {th['candidate_cosine']:g}), confirmed by "
+        f"{th['signature_size']} x {th['signature_size']} grey levels correlating at least "
+        f"{th['pixel_correlation']:g}: a resized or re-encoded copy keeps its layout, two similar photos "
+        "do not."
+    )
+    for pair in near["items"][:HEALTH_SHOWN]:
+        score = f"pixels {pair['pixel_correlation']:.3f} · cosine {pair['cosine']:.3f}"
+        photo_row([pair["a"], pair["b"]], [short(pair["a"]), f"{short(pair['b'])} ({score})"])
+
+    st.markdown(
+        f"**Class balance** · smallest {balance['smallest']!r}, largest {balance['largest']!r}, "
+        f"ratio {balance['ratio']:g}x"
+    )
+    st.caption(
+        f"{balance['advice']} Thresholds: a class is small below {balance['small_threshold']} photos; "
+        f"classes are imbalanced above {balance['imbalance_threshold']:g}x."
+    )
+
+    st.markdown(f"**Likely mislabels** · {plural(mislabels['count'], 'photo')}")
+    st.caption(mislabels["advice"])
+    items = mislabels["items"][:HEALTH_SHOWN]
+    photo_row(items, [f"{short(m)} → looks like {m['looks_like']} ({m['votes']}/{m['k']})" for m in items])
+    per, clean = report["per_100"], report.get("clean_flowers_per_100") or {}
+    st.caption(
+        f"Per 100 photos: {per['near_duplicate_pairs']:g} near-duplicate pairs, {per['mislabel_flags']:g} "
+        f"mislabel flags. On the 200 clean shared flower photos: {clean.get('near_duplicate_pairs', 0):g} "
+        f"and {clean.get('mislabel_flags', 0):g} (ambiguous photos), so a few flags are normal."
+    )
 
 
 def download_progress(bar):
@@ -211,5 +313,33 @@ with guard("Scanning the dataset"):
             )
         else:
             st.caption("Every file was readable.")
+
+st.subheader("Health")
+st.caption(
+    "Exact and near-duplicate photos (within and across splits and classes), class balance, and photos "
+    "that look like another class. Runs as a background job: it extracts bottlenecks once (cached)."
+)
+with guard("Checking the dataset's health"):
+    params = health_params(dataset_path, validation, testing)
+    running, done = health_jobs(params)
+    if running is None and st.button(
+        "Check health" if done is None else "Check again",
+        icon=":material/health_and_safety:",
+        type="primary" if done is None else "secondary",
+        key="health_start",
+    ):
+        st.session_state["health_job"] = jobs.start_job("health", params, store=cache.store())
+        running = jobs.get_job(st.session_state["health_job"], store=cache.store())
+    if running is not None:
+        health_monitor(running.id)
+    else:
+        last = st.session_state.get("health_job")
+        failed = jobs.get_job(last, store=cache.store()) if last else None
+        if failed is not None and failed.params == params and failed.status not in ("finished",):
+            st.error(failed.error or f"The health check {failed.status}.", icon=":material/error:")
+        if done is not None:
+            health_section(done.result)
+        elif failed is None:
+            st.info("No health check of this dataset and split yet.", icon=":material/info:")
 
 page_link("dashboard/train.py", "Train on this dataset", ":material/model_training:")

@@ -55,6 +55,9 @@ class HealthThresholds:
 
 
 THRESHOLDS = HealthThresholds()
+# what THRESHOLDS give on the 200 clean shared flower photos (tests/test_health.py pins it): the false-alarm
+# rate a user can compare a report with
+CLEAN_FLOWERS_PER_100 = {"near_duplicate_pairs": 0.0, "mislabel_flags": 3.0}
 HEALTH_BACKBONE = backbones.DEFAULT_BACKBONE  # the thresholds above were measured on it
 _BLOCK = 512  # rows of the similarity matrix computed at once: memory O(_BLOCK x images)
 
@@ -151,6 +154,11 @@ def _candidates(idx: np.ndarray, sims: np.ndarray, th: HealthThresholds) -> list
     return [(i, j, s) for (i, j), s in seen.items()]
 
 
+def _sentences(parts: list[str]) -> str:
+    """Parts of advice as sentences, each ending with a full stop."""
+    return " ".join(p.rstrip(".") + "." for p in parts)
+
+
 # -- the findings --------------------------------------------------------------------------------
 def exact_duplicates(data: datasets.Dataset, th: HealthThresholds = THRESHOLDS) -> dict[str, Any]:
     """The scan's byte-identical groups, counted and explained."""
@@ -164,7 +172,7 @@ def exact_duplicates(data: datasets.Dataset, th: HealthThresholds = THRESHOLDS) 
         }
         for g in groups
     ]
-    advice = " ".join(datasets.duplicate_warnings(groups)) or "No photo is stored twice."
+    advice = _sentences(datasets.duplicate_warnings(groups)) or "No photo is stored twice."
     return {
         "groups": len(groups),
         "extra_copies": sum(len(g.records) - 1 for g in groups),
@@ -224,7 +232,7 @@ def near_duplicates(
         "across_classes": confused,
         "candidates_checked": len(pairs),
         "items": items[: th.max_items],
-        "advice": " ".join(advice) or "No resized or re-encoded copies found.",
+        "advice": _sentences(advice) or "No resized or re-encoded copies found.",
     }
 
 
@@ -255,7 +263,7 @@ def class_balance(data: datasets.Dataset, th: HealthThresholds = THRESHOLDS) -> 
         "ratio": round(ratio, 2),
         "imbalanced": ratio > th.imbalance_ratio,
         "imbalance_threshold": th.imbalance_ratio,
-        "advice": " ".join(advice) or "Every class has enough photos and none dominates.",
+        "advice": _sentences(advice) or "Every class has enough photos and none dominates.",
     }
 
 
@@ -290,7 +298,7 @@ def likely_mislabels(
         f"{len(items)} photo{'s look' if len(items) != 1 else ' looks'} like another class to the backbone "
         f"({th.mislabel_votes} or more of its {th.mislabel_k} nearest photos carry that label): open each; "
         "move it if it is in the wrong folder, delete it if it shows no single class, keep it if it is a "
-        "hard but right example"
+        "hard but right example."
         if items
         else "Every photo's nearest neighbours mostly share its label."
     )
@@ -362,6 +370,7 @@ def health_report(
             "near_duplicate_pairs": round(100 * near["pairs"] / n, 2),
             "mislabel_flags": round(100 * mislabels["count"] / n, 2),
         },
+        "clean_flowers_per_100": CLEAN_FLOWERS_PER_100,
         "extraction": {k: v for k, v in feats.stats.as_dict().items() if k != "skipped"},
         "summary": summary_lines(exact, near, balance, mislabels),
     }
@@ -499,3 +508,18 @@ def _leakage(root, validation, testing, fingerprint, architecture, weights, seed
         "exact": len(exact_pairs),
         "examples": examples[: th.max_items],
     }
+
+
+def leakage_note(leak: dict[str, Any], test_accuracy: float | None) -> str | None:
+    """A sentence for beside a run's accuracy when test photos have near-duplicates in training, else None."""
+    m, n = leak.get("with_near_duplicate_in_train", 0), leak.get("test_photos", 0)
+    if not leak.get("checked") or not m:
+        return None
+    shown = "n/a" if test_accuracy is None else f"{test_accuracy:.1%}"
+    example = leak["examples"][0]
+    return (
+        f"Test accuracy {shown} is partly memory: {m} of its {n} test photos "
+        f"({m / max(n, 1):.0%}) have a near-duplicate or copy in its training split (e.g. "
+        f"{Path(example['test']).name} ~ {Path(example['train']).name}); expect less on new photos. "
+        "The Data page's Health section lists them."
+    )
