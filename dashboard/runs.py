@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import cache, charts
 from dashboard.components import STATUS_ICONS, guard, link_url, plot
 from engine.progress import PHASES
-from engine.runs import report, share
+from engine.runs import health, report, share
 from engine.runs.results import RunResults
 
 
@@ -204,6 +204,10 @@ if run.error:
 if res.accuracy_warnings:  # duplicates across splits or classes: the test accuracy overstates the model
     shown = "n/a" if res.test_accuracy is None else f"{res.test_accuracy:.1%}"
     st.warning(f"Test accuracy {shown}: " + " ".join(res.accuracy_warnings), icon=":material/content_copy:")
+if run.status == "finished":  # test photos with near-duplicates in training (cached bottlenecks only)
+    with guard("Checking the run's test photos against its training photos"):
+        if note := health.leakage_note(health.run_leakage(run.id, store=cache.store()), res.test_accuracy):
+            st.caption(f":material/content_copy: {note}")
 
 actions = st.container(horizontal=True)
 model = cache.model_file(run.id)
