@@ -37,10 +37,11 @@ def lab(tmp_path_factory):
     home, keras_home = tmp_path_factory.mktemp("familiar_lab"), tmp_path_factory.mktemp("familiar_keras")
     (keras_home / "models").mkdir()
     shutil.copy(WEIGHTS, keras_home / "models" / WEIGHTS.name)
+    photos = shutil.copytree(FLOWERS, home / "flowers")  # a copy: one test changes it
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAB_HOME", str(home))
         mp.setenv("KERAS_HOME", str(keras_home))
-        config = RunConfig(source=str(FLOWERS), train=TrainConfig(steps=1000, eval_interval=100))
+        config = RunConfig(source=str(photos), train=TrainConfig(steps=1000, eval_interval=100))
         yield home, keras_home, retrain(config).run_id
 
 
@@ -62,6 +63,7 @@ def test_other_domain_flagged_held_out_flowers_mostly_not(run_id, capsys):
     assert [v["unfamiliar"] for v in strangers] == [True, True, True], strangers
     assert all(v["distance"] > v["threshold"] and "Unlike" in v["note"] for v in strangers)
     held = familiar.judge(run_id, _held_out("test"))
+    assert len(held) == 19
     rate = sum(v["unfamiliar"] for v in held) / len(held)
     flowers = familiar.judge(run_id, [SAMPLES / "classic-daisy.jpg", SAMPLES / "sunflower.bmp"])
     with capsys.disabled():
@@ -119,6 +121,22 @@ def test_run_and_its_int8_export_agree_side_by_side(run_id, capsys):
     entries = result.entries()
     assert len(entries) == 2 * len(result.photos)
     assert {"source", "model", "labels", "scores", "latency_ms", "familiar"} <= set(entries[-1])
+
+
+def test_changed_dataset_cannot_calibrate_and_runs_are_offered(run_id, lab):
+    offered = [c.key for c in lineup.available_choices()]
+    assert offered == [f"run:{run_id}:keras", f"run:{run_id}:tflite-int8"]  # converted above
+    folder = RunFolder.of(run_id)
+    folder.write_familiarity({**folder.familiarity(), "model_key": "another"})  # forces a new scan
+    extra = lab[0] / "flowers" / "daisy" / "extra_photo.jpg"
+    shutil.copy(SAMPLES / "classic-tulip.jpg", extra)
+    try:
+        verdict = familiar.judge(run_id, [SAMPLES / "cat.bmp"])[0]
+        assert verdict["unfamiliar"] is False and verdict["distance"] is None
+        assert "is not the one it trained on" in verdict["note"]
+    finally:
+        extra.unlink()
+    assert familiar.judge(run_id, [SAMPLES / "cat.bmp"])[0]["unfamiliar"] is True
 
 
 def test_a_run_whose_bottlenecks_are_gone_cannot_judge(run_id):

@@ -83,6 +83,19 @@ def _stored(folder, key: str, cache) -> Reference | None:
     )
 
 
+def _recorded_split_hash(folder) -> str | None:
+    """The split hash of the photos the run trained on (metrics.json), or None when not recorded."""
+    try:
+        metrics = folder.metrics() or {}
+    except LabError:
+        return None
+    results = metrics.get("results") if isinstance(metrics, dict) else None
+    dataset = results.get("dataset") if isinstance(results, dict) else None
+    fingerprint = dataset.get("fingerprint") if isinstance(dataset, dict) else None
+    value = fingerprint.get("split_hash") if isinstance(fingerprint, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def _calibrate(folder, key: str, config: dict[str, Any], cache, cancel) -> Reference:
     """Scan the run's dataset again, take its cached train/validation bottlenecks, store the threshold.
 
@@ -101,6 +114,11 @@ def _calibrate(folder, key: str, config: dict[str, Any], cache, cancel) -> Refer
     except LabError as exc:
         raise LabError(f"its training photos are not available here ({exc})") from None
     check_cancel(cancel)
+    recorded = _recorded_split_hash(folder)
+    if recorded is not None and datasets.dataset_fingerprint(data)["split_hash"] != recorded:
+        raise LabError(
+            f"the dataset at {root} is not the one it trained on (other photos, classes or splits)"
+        )
     by_split: dict[str, list[str]] = {}
     for record in data.records:
         if record.sha256:
