@@ -187,3 +187,46 @@ def test_flowers_as_a_job(flowers_run, monkeypatch):
     written = Path(job.result["csv"])
     assert written.parent == jobs.job_dir(job_id) and written.read_text() == result.to_csv()
     print(f"batch job: 200 flowers, accuracy {result.accuracy:.3f}, {job.finished - job.started:.1f} s")
+
+
+# -- the Batch tab ------------------------------------------------------------------------------------
+def _batch_tab_script():
+    import streamlit as st
+
+    from dashboard import batch_view
+    from engine.export.lineup import ModelChoice
+
+    batch_view.render([ModelChoice("imagenet", "mobilenet_0.25_224", title="stand-in model")])
+    st.session_state["rendered"] = True
+
+
+def test_batch_tab_shows_a_finished_job_and_the_photos_of_a_cell(stand_in, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard import batch_view
+    from engine.runs.store import RunStore
+
+    archive = _zip(
+        tmp_path / "p.zip",
+        {"roses/a.jpg": RED, "roses/b.jpg": GREEN, "daisy/c.jpg": GREEN, "cats/d.jpg": RED},
+    )
+    result = batch.classify_folder(stand_in, archive, thumbs_dir=tmp_path / "thumbs")
+    store = RunStore()
+    job = store.create_job("classify_batch", {"path": str(archive)})
+    store.finish_job(job.id, "finished", result.as_dict())
+
+    at = AppTest.from_function(_batch_tab_script, default_timeout=60)
+    at.session_state[batch_view.JOB_KEY] = job.id
+    at.run()
+    assert not at.exception and at.session_state["rendered"]
+    assert [m.value for m in at.metric] == ["4", "4", "66.7%"]
+    assert any("`cats` (1)" in w.value for w in at.warning)
+    assert len(at.dataframe[0].value) == 4
+    picker = at.selectbox(key="batch_cell_pick_None")
+    assert ("roses", "daisy") in picker.options or any("roses → predicted daisy" in o for o in picker.options)
+    picker.set_value(("roses", "daisy")).run()
+    assert not at.exception
+    assert any("1 photos of roses predicted daisy" in m.value for m in at.markdown)
+    assert len(at.get("imgs")) == 1 or len(at.get("image")) == 1, [e.type for e in at.main]
+    assert not at.error and len(at.get("plotly_chart")) == 1
+    assert at.get("download_button")[0].proto.label == "Download CSV"

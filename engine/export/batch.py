@@ -270,9 +270,42 @@ def _keep_thumbnails(result: BatchResult, photos: list[Path], folder: Path, canc
         row["thumbnail"] = str(target)
 
 
+def staging_dir() -> Path:
+    """Where uploaded zips wait for their batch job (removed by the job when it ends)."""
+    folder = config.cache_dir() / "batch-uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def stage_upload(data: bytes, name: str = "upload.zip") -> str:
+    """Save an uploaded zip for a batch job; returns its path (pass it with "staged": True to the job).
+
+    Raises:
+        InvalidArgument: not a zip by name or magic bytes.  UnsafeArchive: larger than one archive may be.
+    """
+    label = archives.printable(str(name))
+    if not str(name).lower().endswith(".zip"):
+        raise InvalidArgument(f"{label} is not a .zip file")
+    if len(data) > archives.MAX_TOTAL_BYTES:
+        raise archives.UnsafeArchive(f"Refused archive {label}: larger than the limit for one archive")
+    if not data.startswith(b"PK"):
+        raise InvalidArgument(f"{label} is not a zip archive (it does not start with a zip header)")
+    fd, path = tempfile.mkstemp(prefix="batch-", suffix=".zip", dir=staging_dir())
+    with open(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _remove_staged(path: str) -> None:
+    """Delete a staged upload, and only that: never a path outside the staging folder."""
+    target = Path(path)
+    if target.parent.resolve() == staging_dir().resolve() and target.is_file() and not target.is_symlink():
+        target.unlink(missing_ok=True)
+
+
 def run_job(params: dict[str, Any], progress=None, cancel=None, store=None) -> dict[str, Any]:
     """Job entry point (kind "classify_batch"): params {"choice": ModelChoice.as_dict(), "path": str,
-    "top_k": int (default 3)}.
+    "top_k": int (default 3), "staged": bool (the path is an upload from `stage_upload`, deleted at the end)}.
 
     The result is BatchResult.as_dict() plus "csv": the path of the CSV written next to the job's log.
     """
@@ -280,22 +313,27 @@ def run_job(params: dict[str, Any], progress=None, cancel=None, store=None) -> d
 
     if not isinstance(params, dict) or not isinstance(params.get("path"), str) or not params["path"]:
         raise InvalidArgument(f"classify_batch needs a folder or zip path, got params={params!r}")
-    choice = ModelChoice.from_dict(params.get("choice"))
-    classifier = load_choice(choice, store=store, progress=progress, cancel=cancel)
     job_id = getattr(progress, "job_id", None)  # the worker's progress reporter knows its job
     folder = None
     if job_id:
         from engine.jobs.queue import job_dir
 
         folder = job_dir(job_id, store)
-    result = classify_folder(
-        classifier,
-        params["path"],
-        top_k=params.get("top_k", 3),
-        progress=progress,
-        cancel=cancel,
-        thumbs_dir=folder / THUMBS_DIR if folder else None,
-    )
+    try:
+        classifier = load_choice(
+            ModelChoice.from_dict(params.get("choice")), store=store, progress=progress, cancel=cancel
+        )
+        result = classify_folder(
+            classifier,
+            params["path"],
+            top_k=params.get("top_k", 3),
+            progress=progress,
+            cancel=cancel,
+            thumbs_dir=folder / THUMBS_DIR if folder else None,
+        )
+    finally:
+        if params.get("staged"):
+            _remove_staged(params["path"])
     out = result.as_dict()
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
