@@ -203,7 +203,9 @@ def test_lr_race_on_flowers_extracts_once_and_every_rate_trains_fully(
     from engine.runs.store import RunStore
 
     events = []
-    result = experiments.lr_race(_flowers(flowers_dir, steps=500), RATES, target=0.8, progress=events.append)
+    result = experiments.lr_race(
+        _flowers(flowers_dir, steps=500), RATES, target=0.8, progress=events.append, seeds=1
+    )
 
     # one extraction, all of it cache misses; every rate trained on those same arrays
     assert len(extraction_spy) == 1
@@ -255,7 +257,7 @@ def test_same_seed_gives_the_same_curves(flowers_dir, seeded_keras_home):
 
     def curves(seed, schedule="cosine"):
         result = experiments.lr_race(
-            _flowers(flowers_dir, steps=100, seed=seed, schedule=schedule), (0.1, 1.0)
+            _flowers(flowers_dir, steps=100, seed=seed, schedule=schedule), (0.1, 1.0), seeds=1
         )
         runs = experiments.experiment_runs(result.experiment_id)
         drop = {"elapsed"}
@@ -310,7 +312,25 @@ def test_run_job_freezing_and_dataset_comparison_on_generated_images(lab_home):
     out = experiments.run_job(
         {"study": "lr_race", "config": asdict(base), "rates": [0.01, 0.5], "target": 0.9, "name": "tiny"}
     )
-    assert [r["learning_rate"] for r in out["rows"]] == [0.01, 0.5]
+    # three seeds per rate by default, named by rate and seed within the experiment
+    pairs = [(r["learning_rate"], r["seed"]) for r in out["rows"]]
+    assert pairs == [(0.01, 0), (0.01, 1), (0.01, 2), (0.5, 0), (0.5, 1), (0.5, 2)]
+    assert [r["name"] for r in out["rows"]][:2] == ["lr=0.01 · seed 0", "lr=0.01 · seed 1"]
+    assert [g["group"] for g in out["summary"]["groups"]] == ["lr=0.01", "lr=0.5"]
+    assert out["summary"]["separation"]["rule"] == summaries.SEPARATION_RULE
+    assert out["summary"]["done"] == out["summary"]["planned"] == 6
+    # a schedule race: one group per (rate, schedule), each with its rate curve
+    out = experiments.run_job(
+        {"study": "lr_race", "config": asdict(base), "rates": [0.5], "seeds": 1,
+         "schedules": ["constant", "cosine"]}
+    )  # fmt: skip
+    assert [r["name"] for r in out["rows"]] == ["lr=0.5 · constant", "lr=0.5 · cosine"]
+    curves = out["summary"]["schedule_curves"]
+    cosine = [c["learning_rate"] for c in curves if c["group"] == "lr=0.5 · cosine"]
+    assert cosine[0] == pytest.approx(0.5) and cosine[-1] < 0.1
+    assert {c["learning_rate"] for c in curves if c["group"] == "lr=0.5 · constant"} == {0.5}
+    names = [e["name"] for e in experiments.list_experiments()]
+    assert names[0].startswith("MobileNet 0.25 128 · ") and " · schedule race · " in names[0]
     assert out["extraction"][0]["misses"] == 0  # the freezing study already cached these images
     with pytest.raises(InvalidArgument, match="study"):
         experiments.run_job({"study": "nope", "config": asdict(base)})
@@ -325,7 +345,8 @@ def test_cli_lr_race_json_has_one_entry_per_rate(lab_home):
 
     root = Path(__file__).resolve().parents[1]
     args = ["experiment", "lr", "--image_dir", "demo", "--weights", "random"]
-    args += ["--architecture", "mobilenet_0.25_128", "--rates", "0.01,1.0", "--steps", "40", "--json"]
+    args += ["--architecture", "mobilenet_0.25_128", "--rates", "0.01,1.0", "--steps", "40", "--seeds", "2"]
+    args += ["--json"]
     proc = subprocess.run(
         [sys.executable, "-m", "engine", *args],
         cwd=root,
@@ -336,7 +357,9 @@ def test_cli_lr_race_json_has_one_entry_per_rate(lab_home):
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["kind"] == "lr_race" and [r["learning_rate"] for r in out["rows"]] == [0.01, 1.0]
+    assert out["kind"] == "lr_race" and [r["learning_rate"] for r in out["rows"]] == [0.01, 0.01, 1.0, 1.0]
+    assert [g["group"] for g in out["summary"]["groups"]] == ["lr=0.01", "lr=1"]
+    assert "Rule: Two settings differ when" in proc.stdout
     assert all(r["steps"] == 40 and "explanation" in r for r in out["rows"])
     assert out["extraction"][0]["misses"] > 0
     proc = subprocess.run(

@@ -1,8 +1,10 @@
 """CLI command `experiment`: learning-rate race, layer-freezing study, steps study, dataset comparison.
 
-`python -m engine experiment lr --image_dir DIR --rates 0.005,0.01,0.1,1.0 [--json]` and its siblings
+`python -m engine experiment lr --image_dir DIR --rates 0.005,0.01,0.1,1.0 [--seeds 3]
+[--schedules constant,cosine] [--json]` and its siblings `lrfind` (the learning-rate range test),
 `freeze`, `steps`, `datasets`, `list` and `csv`. With `--json` the last stdout line is one JSON
-object; for the studies it holds `rows`, one entry per rate (layer count, dataset).
+object; for the studies it holds `rows`, one entry per run (rate x seed, layer count, dataset), and for a
+race its `summary` (spread per rate, the verdict and its rule).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from engine.cli.options import OPTIMIZERS, RUN, SCHEDULES, TRAIN, floats, ints, 
 from engine.cli.output import ProgressBar, print_json
 from engine.errors import InvalidArgument
 from engine.models import backbones
+from engine.params import human_seconds
 from engine.runs import experiments
 from engine.runs.retrain import RunConfig
+from engine.training import lrfind
 from engine.training.config import TrainConfig
 from engine.training.summaries import NEVER, display
 
@@ -58,7 +62,35 @@ def add_parser(subparsers) -> None:
         default=experiments.DEFAULT_TARGET,
         help="validation accuracy to time each rate to",
     )
+    lr.add_argument(
+        "--seeds",
+        type=int,
+        default=experiments.DEFAULT_SEEDS,
+        help="runs per rate (seed, seed+1, ...): differences are judged against their spread",
+    )
+    lr.add_argument(
+        "--schedules",
+        type=lambda text: parse_list(text, str, "Schedules"),
+        default=None,
+        help="race schedules against each other, e.g. constant,exponential,cosine (default: --schedule)",
+    )
     lr.set_defaults(func=cmd_study, kind="lr_race")
+
+    lf = studies.add_parser("lrfind", help="learning-rate range test: one sweep from tiny to huge rates")
+    lf.add_argument("--image_dir", required=True, help='folder of class subfolders, or "flowers" | "demo"')
+    lf.add_argument("--architecture", default=RUN.architecture, help="a backbone name (see `arch`)")
+    lf.add_argument("--weights", default=RUN.weights, choices=backbones.WEIGHTS_CHOICES)
+    lf.add_argument("--optimizer", default=TRAIN.optimizer, choices=OPTIMIZERS)
+    lf.add_argument("--batch_size", type=int, default=TRAIN.batch_size)
+    lf.add_argument("--validation_percentage", type=int, default=RUN.validation_percentage)
+    lf.add_argument("--testing_percentage", type=int, default=RUN.testing_percentage)
+    lf.add_argument("--seed", type=int, default=TRAIN.seed)
+    lf.add_argument("--start", type=float, default=lrfind.DEFAULT_START, help="first learning rate")
+    lf.add_argument("--stop", type=float, default=lrfind.DEFAULT_STOP, help="last learning rate")
+    lf.add_argument("--steps", type=int, default=lrfind.DEFAULT_STEPS, help="steps of the sweep")
+    lf.add_argument("--rates", type=floats, default=[], help="rates to mark on the curve, e.g. a race's")
+    lf.add_argument("--json", action="store_true", help="end stdout with one JSON object")
+    lf.set_defaults(func=cmd_lrfind)
 
     fr = studies.add_parser("freeze", help="head only against unfreezing the top k backbone layers")
     _training_options(fr)
@@ -118,7 +150,15 @@ def cmd_study(args: argparse.Namespace) -> int:
     try:
         if args.kind == "lr_race":
             base = _base_config(args, args.image_dir)
-            result = experiments.lr_race(base, args.rates, args.target, progress=bar, name=args.name)
+            result = experiments.lr_race(
+                base,
+                args.rates,
+                args.target,
+                progress=bar,
+                name=args.name,
+                seeds=args.seeds,
+                schedules=args.schedules,
+            )
         elif args.kind == "freezing":
             base = _base_config(args, args.image_dir)
             result = experiments.freezing_study(base, args.layers, progress=bar, name=args.name)
@@ -136,8 +176,66 @@ def cmd_study(args: argparse.Namespace) -> int:
         counts = f"{stats['misses']} extracted, {stats['hits']} from the cache"
         print(f"Extraction{where}: {counts}, {stats['seconds']:.2f} s")
     _print_rows(result.rows, result.kind)
+    if result.summary:
+        _print_summary(result.summary)
     if args.json:
         print_json(result.as_dict())
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    """Per setting: mean and range over the seeds; then the verdict, its rule and the split's step."""
+    print(f"\nOver {summary['seeds']} seed(s) per setting (final validation accuracy):")
+    for g in summary["groups"]:
+        acc = g["validation_accuracy"]
+        if not acc["n"]:
+            print(f"  {g['group']}: no result")
+            continue
+        seconds = human_seconds(g["seconds_to_target"]["mean"]) if g["reached"] else NEVER
+        print(
+            f"  {g['group']}: mean {acc['mean']:.1%}, range {acc['min']:.1%}-{acc['max']:.1%}, "
+            f"sd {acc['sd'] * 100:.1f} points; target reached by {g['reached']} of {g['finished']} "
+            f"(mean {seconds}); flags: {', '.join(g['flags']) or 'none'}"
+        )
+    verdict = summary["separation"]
+    for line in verdict["lines"]:
+        print(line)
+    print(f"Rule: {verdict['rule']}")
+    if verdict["warning"]:
+        print(f"Warning: {verdict['warning']}")
+
+
+def cmd_lrfind(args: argparse.Namespace) -> int:
+    base = RunConfig(
+        source=args.image_dir,
+        architecture=args.architecture,
+        weights=args.weights,
+        validation_percentage=args.validation_percentage,
+        testing_percentage=args.testing_percentage,
+        train=TrainConfig(optimizer=args.optimizer, batch_size=args.batch_size, seed=args.seed),
+    )
+    bar = ProgressBar(enabled=sys.stderr.isatty() or not args.json)
+    try:  # Ctrl-C stops the sweep between steps (exit 130, see engine.cli.main)
+        found = experiments.lr_find(base, args.start, args.stop, args.steps, args.rates, progress=bar)
+    finally:
+        bar.close()
+    ended = "stopped early: the loss diverged" if found["stopped_early"] else "reached the last rate"
+    print(
+        f"Range test on {found['train_images']} training images, {len(found['rates'])} of "
+        f"{found['steps']} steps from {found['start']:g} to {found['stop']:g} ({ended}), "
+        f"{human_seconds(found['seconds'])}"
+    )
+    if found["suggested"]:
+        low, high = found["suggested"]
+        print(
+            f"Suggested range: {low:.2g} .. {high:.2g} (steepest descent at {found['steepest']:.2g}, "
+            f"lowest smoothed loss at {found['minimum']:.2g})"
+        )
+    else:
+        print("Suggested range: none (too few steps before the loss diverged; lower --start)")
+    print(f"Rule: {found['rule']}")
+    if args.json:
+        print_json(found)
     return 0
 
 

@@ -22,11 +22,15 @@ from engine.models import backbones
 from engine.progress import ProgressFn, emit
 from engine.runs import retrain as pipeline
 from engine.runs.retrain import RunConfig
-from engine.training import summaries
+from engine.training import lrfind, summaries
+from engine.training.config import SCHEDULES
 from engine.training.head import train_head
+from engine.training.optim import schedule_curve
 
 DEFAULT_RATES = (0.005, 0.01, 0.1, 1.0)
 DEFAULT_TARGET = 0.8  # validation accuracy a race's runs are timed to
+DEFAULT_SEEDS = 3  # runs per rate: the spread of seeds is what a difference between rates is measured against
+MAX_SEEDS = 20
 DEFAULT_LAYERS = (0, 2, 6)  # top backbone layers unfrozen; 0 is the head alone on cached features
 DEFAULT_CHECKPOINTS = (100, 400, 1000, 4000)
 # kind -> label; the kind is stored with the experiment and picks its result table
@@ -37,7 +41,7 @@ KINDS = {
 }
 
 RACE_COLUMNS = (
-    "name", "learning_rate", "schedule", "status", "final_validation_accuracy", "test_accuracy",
+    "name", "learning_rate", "schedule", "seed", "status", "final_validation_accuracy", "test_accuracy",
     "steps_to_target", "seconds_to_target", "final_cross_entropy", "steps", "train_seconds", "flag",
     "explanation", "run_id",
 )  # fmt: skip
@@ -61,6 +65,7 @@ class ExperimentResult:
     rows: list[dict[str, Any]]  # one per run, the kind's COLUMNS
     extraction: list[dict[str, Any]]  # stats of each extraction (one per dataset, not per run)
     seconds: float
+    summary: dict[str, Any] | None = None  # a race: spread per setting and the verdict (race_summary)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +89,36 @@ def check_target(target) -> float:
     if not isinstance(target, numbers.Real) or isinstance(target, bool) or not 0 < target <= 1:
         raise InvalidArgument(f"target must be an accuracy in (0, 1], got target={target!r}")
     return float(target)
+
+
+def check_seeds(seeds) -> int:
+    """How many seeds each setting of a race trains with: 1 to MAX_SEEDS."""
+    if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral) or not 1 <= seeds <= MAX_SEEDS:
+        raise InvalidArgument(f"seeds must be a whole number from 1 to {MAX_SEEDS}, got seeds={seeds!r}")
+    return int(seeds)
+
+
+def check_schedules(schedules, default: str) -> tuple[str, ...]:
+    """Distinct schedule names of SCHEDULES; `(default,)` when none are given."""
+    schedules = tuple(schedules or (default,))
+    if any(s not in SCHEDULES for s in schedules) or len(set(schedules)) != len(schedules):
+        raise InvalidArgument(
+            f"schedules must be distinct names from {list(SCHEDULES)}, got schedules={list(schedules)!r}"
+        )
+    return schedules
+
+
+def backbone_label(architecture: str) -> str:
+    """Backbone for people: "mobilenet_0.25_224" -> "MobileNet 0.25", "inception_v3" -> "Inception V3"."""
+    words = {"mobilenet": "MobileNet", "inception": "Inception", "efficientnet": "EfficientNet"}
+    parts = [p for p in architecture.split("_") if p != "224"]  # 224 px is the usual input size
+    return " ".join(words.get(p, p.upper() if p[:1] in "vb" else p.capitalize()) for p in parts)
+
+
+def experiment_name(base: RunConfig, what: str, dataset: str | None = None) -> str:
+    """Backbone, dataset, study and start time: "MobileNet 0.25 · flowers · lr race · 12-03 14:05"."""
+    dataset = dataset or _source_name(base.source)
+    return f"{backbone_label(base.architecture)} · {dataset} · {what} · {time.strftime('%m-%d %H:%M')}"
 
 
 def check_layers(layers) -> tuple[int, ...]:
@@ -130,11 +165,20 @@ def _source_name(source: str) -> str:
     return Path(source).name or source
 
 
-def _warm_up(prepared: pipeline.Bottlenecks, base: RunConfig) -> None:
-    """Trace head training once, so the first rate's seconds-to-target do not include the tracing."""
+def _warm_up(prepared: pipeline.Bottlenecks, base: RunConfig, schedules=()) -> None:
+    """Trace head training once per schedule, so the first run's seconds-to-target exclude the tracing."""
     x, y = prepared.part("train")
-    warm = replace(base.train, steps=1, eval_interval=1)
-    train_head(x[:2], y[:2], None, None, len(prepared.data.classes), warm)
+    for schedule in schedules or (base.train.schedule,):
+        warm = replace(base.train, steps=1, eval_interval=1, schedule=schedule)
+        train_head(x[:2], y[:2], None, None, len(prepared.data.classes), warm)
+
+
+def race_label(rate: float, schedule: str | None = None, seed: int | None = None) -> str:
+    """A race run's name within its experiment: "lr=0.1", "lr=0.1 · cosine", "lr=0.1 · seed 2"."""
+    parts = (
+        [f"lr={rate:g}"] + ([schedule] if schedule else []) + ([f"seed {seed}"] if seed is not None else [])
+    )
+    return " · ".join(parts)
 
 
 def lr_race(
@@ -145,32 +189,85 @@ def lr_race(
     progress: ProgressFn | None = None,
     cancel=None,
     name: str | None = None,
+    seeds: int = DEFAULT_SEEDS,
+    schedules=None,
 ) -> ExperimentResult:
-    """Train one head per learning rate on the same bottlenecks and split, as one experiment.
+    """Train heads per learning rate (x schedule) x seed on the same bottlenecks and split, as one experiment.
 
-    The bottlenecks are extracted once (`pipeline.prepare`); every rate then trains, evaluates and
-    saves a run of its own with `base`'s other settings (schedule, steps, seed...). Train events
-    carry `rate`, `run_id`, `experiment_id` and the history `row`.
+    The bottlenecks are extracted once (`pipeline.prepare`; with random weights once per seed, as the
+    seed draws the backbone); every (schedule, rate, seed) then trains,
+    evaluates and saves a run of its own with `base`'s other settings; seeds are `base.train.seed`,
+    `+1`, ... (the head's initial weights and its batches change with the seed, the data does not).
+    Train events carry `rate`, `schedule`, `seed`, `run_id`, `experiment_id` and the history `row`.
+
+    Args:
+        seeds: runs per setting (1..MAX_SEEDS); the spread over them is what differences are judged by.
+        schedules: schedule names raced against each other; `(base.train.schedule,)` when None.
     """
     rates, target = check_rates(rates), check_target(target)
+    seeds, schedules = check_seeds(seeds), check_schedules(schedules, base.train.schedule)
     store, start = pipeline._open_store(store), time.perf_counter()
-    name = name or f"LR race: {base.architecture} on {_source_name(base.source)}"
-    settings = {"base": asdict(base), "rates": list(rates), "target": target}
+    name = name or experiment_name(base, "lr race" if len(schedules) == 1 else "schedule race")
+    settings = {"base": asdict(base), "rates": list(rates), "target": target, "seeds": seeds,
+                "schedules": list(schedules)}  # fmt: skip
     exp_id = _begin(store, "lr_race", name, settings, progress)
-    prepared = pipeline.prepare(base, progress, cancel)
-    _warm_up(prepared, base)
+    prepared = {base.train.seed: pipeline.prepare(base, progress, cancel)}
+    _warm_up(prepared[base.train.seed], base, schedules)
+    plan = [(sch, rate, base.train.seed + i) for sch in schedules for rate in rates for i in range(seeds)]
     try:
-        for index, rate in enumerate(rates):
-            label = f"lr={rate:g}"
-            config = replace(
-                base, train=replace(base.train, learning_rate=rate), name=label, experiment_id=exp_id
-            )
-            tagged = _Tagged(progress, exp_id, label, rate=rate, index=index, count=len(rates))
-            # each run's folder is written while the next rate trains
-            pipeline.retrain_on(config, prepared, store, tagged, cancel, background_save=True)
+        for index, (schedule, rate, seed) in enumerate(plan):
+            label = race_label(rate, schedule if len(schedules) > 1 else None, seed if seeds > 1 else None)
+            train = replace(base.train, learning_rate=rate, schedule=schedule, seed=seed)
+            config = replace(base, train=train, name=label, experiment_id=exp_id)
+            if base.weights == "random" and seed not in prepared:
+                # random weights are drawn from the seed: each seed has its own backbone and bottlenecks
+                prepared[seed] = pipeline.prepare(config, progress, cancel)
+            tagged = _Tagged(progress, exp_id, label, rate=rate, schedule=schedule, seed=seed, index=index,
+                             count=len(plan))  # fmt: skip
+            # each run's folder is written while the next one trains
+            bottlenecks = prepared.get(seed, prepared[base.train.seed])
+            pipeline.retrain_on(config, bottlenecks, store, tagged, cancel, background_save=True)
     finally:
         pipeline.wait_for_saves()
-    return _finish(store, exp_id, [prepared.feats.stats.as_dict()], start)
+    extraction = [p.feats.stats.as_dict() for p in prepared.values()]
+    result = _finish(store, exp_id, extraction, start)
+    result.summary = race_summary(exp_id, store)
+    return result
+
+
+def lr_find(
+    base: RunConfig,
+    start: float = lrfind.DEFAULT_START,
+    stop: float = lrfind.DEFAULT_STOP,
+    steps: int = lrfind.DEFAULT_STEPS,
+    rates=(),
+    progress: ProgressFn | None = None,
+    cancel=None,
+) -> dict[str, Any]:
+    """The learning-rate range test on `base`'s training bottlenecks (extracted or read from the cache).
+
+    Nothing is stored as a run: the sweep is a diagnostic, returned (and kept in the job's result).
+    `rates` (e.g. a race's) are passed through so a chart can mark them on the curve.
+    """
+    start, stop, steps = lrfind.check_sweep(start, stop, steps)
+    rates = check_rates(rates) if rates else ()
+    prepared = pipeline.prepare(base, progress, cancel)
+    x, y = prepared.part("train")
+    classes = len(prepared.data.classes)
+    found = lrfind.range_test(x, y, classes, base.train, start, stop, steps, progress, cancel)
+    return {
+        "study": "lr_find",
+        "name": experiment_name(base, "lr finder"),
+        "architecture": base.architecture,
+        "source": base.source,
+        "optimizer": base.train.optimizer,
+        "batch_size": base.train.batch_size,
+        "train_images": int(len(x)),
+        "classes": classes,
+        "race_rates": list(rates),
+        "extraction": prepared.feats.stats.as_dict(),
+        **found.as_dict(),
+    }
 
 
 def freezing_study(
@@ -188,7 +285,7 @@ def freezing_study(
     """
     layers = check_layers(layers)
     store, start = pipeline._open_store(store), time.perf_counter()
-    name = name or f"Freezing: {base.architecture} on {_source_name(base.source)}"
+    name = name or experiment_name(base, "freezing")
     exp_id = _begin(store, "freezing", name, {"base": asdict(base), "layers": list(layers)}, progress)
     prepared = pipeline.prepare(base, progress, cancel)
     for index, k in enumerate(layers):
@@ -216,7 +313,7 @@ def dataset_comparison(
             f"a dataset comparison needs two or more distinct sources, got sources={sources!r}"
         )
     store, start = pipeline._open_store(store), time.perf_counter()
-    name = name or f"Datasets: {base.architecture} on " + ", ".join(map(_source_name, sources))
+    name = name or experiment_name(base, "datasets", " + ".join(map(_source_name, sources)))
     exp_id = _begin(store, "datasets", name, {"base": asdict(base), "sources": sources}, progress)
     extraction = []
     for index, source in enumerate(sources):
@@ -266,13 +363,35 @@ def experiment_runs(experiment_id: str, store=None) -> list:
 
 
 def experiment_curves(experiment_id: str, store=None) -> list[dict[str, Any]]:
-    """Every run's history so far, long format: one row per (run, evaluation) with `run` as label."""
+    """Every run's history so far, long format: one row per (run, evaluation) with `run` as label.
+
+    Rows of a race also carry `group` (the setting: rate, and schedule when several were raced) and
+    `seed`, so the seeds of one setting can be drawn as a mean and a band.
+    """
     store = pipeline._open_store(store)
+    exp = store.get_experiment(experiment_id)
     rows = []
     for run in experiment_runs(experiment_id, store):
+        tags = {"group": _group(exp, run), "seed": _train(run).get("seed")}
         for row in store.get_history(run.id, phase="train"):
-            rows.append({"run": run.name, "run_id": run.id, **row})
+            rows.append({"run": run.name, "run_id": run.id, **tags, **row})
     return rows
+
+
+def _train(run) -> dict[str, Any]:
+    return (run.config or {}).get("train", {})
+
+
+def _group(exp, run) -> str:
+    """A race run's setting without its seed ("lr=0.1", or "lr=0.1 · cosine" in a schedule race)."""
+    if exp.kind != "lr_race":
+        return run.name
+    train = _train(run)
+    several = len(exp.config.get("schedules") or ()) > 1
+    rate = train.get("learning_rate")
+    if rate is None:
+        return run.name
+    return race_label(rate, train.get("schedule", "constant") if several else None)
 
 
 def experiment_table(experiment_id: str, store=None) -> list[dict[str, Any]]:
@@ -294,6 +413,7 @@ def experiment_table(experiment_id: str, store=None) -> list[dict[str, Any]]:
         row.update(summaries.race_row(history, results.get("test_accuracy"), target, classes))
         row["train_seconds"] = sum(run.phases.get(p, 0.0) for p in ("train", "fine_tune"))
         row.update(learning_rate=train.get("learning_rate"), schedule=train.get("schedule", "constant"))
+        row.update(seed=train.get("seed"), group=_group(exp, run))
         if exp.kind == "freezing":
             row.update(_freezing_facts(run, train))
         if exp.kind == "datasets":
@@ -342,6 +462,49 @@ def _dataset_facts(run) -> dict[str, Any]:
     }
 
 
+def race_summary(experiment_id: str, store=None) -> dict[str, Any]:
+    """A race read as settings over seeds: spread per setting, the verdict, and each schedule's rate curve.
+
+    Returns:
+        {"groups": summaries.race_groups(...), "separation": summaries.separation(...) (rule, validation
+        size, one photo's step, warning, pair lines), "schedule_curves": [{"group", "step",
+        "learning_rate"}], "seeds", "planned" (runs the race will have), "done" (runs ended)}.
+    """
+    store = pipeline._open_store(store)
+    exp = store.get_experiment(experiment_id)
+    rows = experiment_table(experiment_id, store)
+    groups = summaries.race_groups(rows)
+    n_val = None
+    for run in experiment_runs(experiment_id, store):
+        splits = ((run.results or {}).get("dataset") or {}).get("splits") or {}
+        if splits.get("validation") is not None:
+            n_val = int(splits["validation"])
+            break
+    base = (exp.config.get("base") or {}).get("train") or {}
+    curves = []
+    for group in groups:
+        if group["learning_rate"] is None:
+            continue
+        for point in schedule_curve(
+            group["schedule"] or "constant",
+            group["learning_rate"],
+            base.get("final_lr_fraction", 0.1),
+            base.get("steps", 1),
+        ):
+            curves.append({"group": group["group"], **point})
+    seeds = int(exp.config.get("seeds", 1))
+    planned = len(exp.config.get("rates") or ()) * seeds * max(1, len(exp.config.get("schedules") or ()))
+    done = sum(1 for r in rows if r["status"] != "running")
+    return {
+        "groups": groups,
+        "separation": summaries.separation(groups, n_val),
+        "schedule_curves": curves,
+        "seeds": seeds,
+        "planned": planned or len(rows),
+        "done": done,
+    }
+
+
 def dataset_details(experiment_id: str, store=None) -> list[dict[str, Any]]:
     """Per run of a dataset comparison: name, class names, per-class accuracy and confusion matrix."""
     return [
@@ -373,17 +536,29 @@ def experiment_csv(experiment_id: str, store=None) -> str:
 def run_job(params: dict[str, Any], progress=None, cancel=None, store=None) -> dict[str, Any]:
     """Job entry point (kind "experiment").
 
-    Params: `study` ("lr_race", "freezing" or "datasets"), `config` (asdict(RunConfig), the base
-    settings), and per study `rates` + `target`, `layers`, or `sources`; optional `name`.
+    Params: `study` ("lr_race", "freezing", "datasets" or "lr_find"), `config` (asdict(RunConfig), the
+    base settings), and per study `rates` + `target` (+ `seeds`, `schedules`), `layers`, `sources`, or
+    `start` + `stop` + `steps` (+ `rates` to mark); optional `name`. The finder stores no run.
     """
     study = params.get("study")
+    if study == "lr_find":
+        return lr_find(
+            RunConfig.from_dict(dict(params.get("config") or {})),
+            params.get("start", lrfind.DEFAULT_START),
+            params.get("stop", lrfind.DEFAULT_STOP),
+            params.get("steps", lrfind.DEFAULT_STEPS),
+            params.get("rates") or (),
+            progress,
+            cancel,
+        )
     if study not in KINDS:
         raise InvalidArgument(f"study must be one of {sorted(KINDS)}, got study={study!r}")
     base = RunConfig.from_dict(dict(params.get("config") or {}))
     common = {"store": store, "progress": progress, "cancel": cancel, "name": params.get("name")}
     if study == "lr_race":
         rates, target = params.get("rates", DEFAULT_RATES), params.get("target", DEFAULT_TARGET)
-        result = lr_race(base, rates, target, **common)
+        seeds, schedules = params.get("seeds", DEFAULT_SEEDS), params.get("schedules")
+        result = lr_race(base, rates, target, seeds=seeds, schedules=schedules, **common)
     elif study == "freezing":
         result = freezing_study(base, params.get("layers", DEFAULT_LAYERS), **common)
     else:

@@ -27,6 +27,27 @@ def schedule_lr(schedule: str, lr, end, step, total):
     return lr * (end + (1.0 - end) * 0.5 * (1.0 + tf.cos(math.pi * frac)))
 
 
+def schedule_curve(schedule: str, lr: float, end: float, total: int, points: int = 200) -> list[dict]:
+    """The rate `schedule_lr` gives, as rows {"step", "learning_rate"} at up to `points` steps of `total`.
+
+    The same formulas in plain Python (no TensorFlow), for charts of rate against step; step is
+    1-based like a history row's (the rate used by that training step).
+    """
+    total = max(1, int(total))
+    stride = max(1, total // max(1, points))
+    rows = []
+    for step in sorted({*range(0, total, stride), total - 1}):
+        frac = step / total
+        if schedule == "constant":
+            rate = lr
+        elif schedule == "exponential":
+            rate = lr * end**frac
+        else:
+            rate = lr * (end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+        rows.append({"step": step + 1, "learning_rate": rate})
+    return rows
+
+
 def optimizer_update(optimizer: str, params, grads, slots, lr, step):
     """One SGD or Adam update written with tf ops, functional so it runs inside a while loop.
 

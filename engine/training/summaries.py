@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.params import human_seconds
+
 NEVER = "never"  # shown where a run never reached the target
 
 # A drop this large from the best validation accuracy to the end is a collapse, not noise.
@@ -109,7 +111,8 @@ def diagnose(
         return Diagnosis(
             "diverged",
             f"Diverged: the loss became infinite or NaN at step {bad_step} — each update overshot "
-            "so far that the weights blew up; lower the learning rate.",
+            "so far that the weights, and with them the scores (logits), grew beyond what a float can "
+            "hold; lower the learning rate.",
             bad_step,
         )
     key = _metric_key(history)
@@ -154,9 +157,11 @@ def diagnose(
         if last_loss > guess and last_accuracy >= min(1.0, 2.0 / num_classes):
             return Diagnosis(
                 "overconfident",
-                f"Overconfident: the final {which} cross-entropy is {last_loss:.2f}, worse than the "
-                f"{guess:.2f} of a uniform guess although {last_accuracy:.0%} of answers are right — "
-                "the weights grew so large that its mistakes are made with near certainty.",
+                f"Overconfident: {last_accuracy:.0%} of {which} answers are right, yet the cross-entropy "
+                f"is {last_loss:.2f}, worse than the {guess:.2f} of a uniform guess. Large steps made the "
+                "weights and so the scores (logits) huge: every answer is given with near certainty, and a "
+                "confidently wrong answer costs a lot of cross-entropy (-ln of a tiny probability), "
+                "while accuracy only counts which class scored highest. Lower the learning rate.",
             )
     return Diagnosis(None, _stable_line(history, key, which, target))
 
@@ -166,9 +171,9 @@ def _stable_line(history, key: str, which: str, target: float | None) -> str:
     if target is not None:
         step, seconds = time_to_target(history, target, key)
         if step is not None:
-            when = f" ({seconds:.1f} s)" if seconds is not None else ""
+            when = f" ({human_seconds(seconds)})" if seconds is not None else ""
             return f"Stable: reached {target:.0%} {which} accuracy at step {step}{when}, ended at {last:.0%}."
-    quarter = history[-max(2, len(history) // 4)][key]
+    quarter = history[-min(len(history), max(2, len(history) // 4))][key]  # one row: itself
     if _finite(quarter) and last - quarter >= 0.02:
         return (
             f"Stable but slow: still improving at the end ({last:.0%}); "
@@ -198,6 +203,126 @@ def race_row(
         "flag": diagnosis.flag,
         "explanation": diagnosis.explanation,
     }
+
+
+# -- spread over seeds ------------------------------------------------------------------------
+
+# Below this many validation photos one photo moves accuracy by more than 2 points: warn.
+SMALL_VALIDATION = 50
+SEPARATION_RULE = (
+    "Two settings differ when the ranges (lowest to highest) of their final validation accuracy over "
+    "the seeds do not overlap and their means are at least one validation photo apart; otherwise the "
+    "difference is within what a different seed alone gives."
+)
+
+
+def spread(values: Iterable[Any]) -> dict[str, Any]:
+    """n, mean, sample standard deviation (0 for one value), min and max of the finite values."""
+    finite = [float(v) for v in values if isinstance(v, int | float) and _finite(v)]
+    if not finite:
+        return {"n": 0, "mean": None, "sd": None, "min": None, "max": None}
+    mean = sum(finite) / len(finite)
+    var = sum((v - mean) ** 2 for v in finite) / (len(finite) - 1) if len(finite) > 1 else 0.0
+    return {"n": len(finite), "mean": mean, "sd": math.sqrt(var), "min": min(finite), "max": max(finite)}
+
+
+def race_groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The race's runs grouped by setting (`group`: rate and schedule), in first-seen order.
+
+    Each group: its setting, how many seed runs it has and how many finished, the spread of final
+    validation accuracy, test accuracy and final cross-entropy over its seeds, how many reached the
+    target and the spread of their steps and seconds to it, and the flags its runs got.
+    """
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row.get("group") or row.get("name"), []).append(row)
+    groups = []
+    for label, members in grouped.items():
+        done = [r for r in members if r.get("status") == "finished"]
+        reached = [r for r in done if r.get("steps_to_target") is not None]
+        flags = sorted({r["flag"] for r in done if r.get("flag")})
+        groups.append(
+            {
+                "group": label,
+                "learning_rate": members[0].get("learning_rate"),
+                "schedule": members[0].get("schedule"),
+                "runs": len(members),
+                "finished": len(done),
+                "seeds": [r.get("seed") for r in members],
+                "validation_accuracy": spread(r.get("final_validation_accuracy") for r in done),
+                "test_accuracy": spread(r.get("test_accuracy") for r in done),
+                "cross_entropy": spread(r.get("final_cross_entropy") for r in done),
+                "reached": len(reached),
+                "steps_to_target": spread(r["steps_to_target"] for r in reached),
+                "seconds_to_target": spread(r.get("seconds_to_target") for r in reached),
+                "flags": flags,
+            }
+        )
+    return groups
+
+
+def _range_text(s: dict[str, Any]) -> str:
+    if s["n"] == 0:
+        return "no result"
+    if s["min"] == s["max"]:
+        return f"{s['min']:.0%}"
+    return f"{s['min']:.0%}–{s['max']:.0%}"
+
+
+def separation(groups: Sequence[dict[str, Any]], validation_size: int | None) -> dict[str, Any]:
+    """Whether the best setting differs from each other one beyond the spread of its seeds.
+
+    The rule (SEPARATION_RULE) compares ranges over seeds of the final validation accuracy, and asks
+    for a gap of at least one validation photo (1/n), the smallest step accuracy can take.
+
+    Returns:
+        {"rule", "validation_size", "photo_step" (1/n or None), "warning" (or None), "pairs": [{"a", "b",
+        "differ", "gap", "line"}], "lines": the pairs' plain sentences}.
+    """
+    n = int(validation_size) if validation_size else None
+    step = 1.0 / n if n else None
+    warning = None
+    if n is not None and n < SMALL_VALIDATION:
+        warning = (
+            f"n = {n} validation photos: one photo = {100 / n:.3g} points, so accuracy moves in "
+            f"{100 / n:.3g}-point jumps and settings less than a photo or two apart cannot be told apart "
+            "on this split; a larger validation split or more photos would separate them."
+        )
+    scored = [g for g in groups if g["validation_accuracy"]["n"] > 0]
+    result: dict[str, Any] = {"rule": SEPARATION_RULE, "validation_size": n, "photo_step": step,
+                              "warning": warning, "pairs": [], "lines": []}  # fmt: skip
+    if len(scored) < 2:
+        return result
+    if min(g["validation_accuracy"]["n"] for g in scored) < 2:
+        result["lines"].append(
+            "One seed per setting: there is no spread to compare a difference with; race at least 2 "
+            "seeds (3 is the default) before calling one setting better."
+        )
+        return result
+    best = max(scored, key=lambda g: g["validation_accuracy"]["mean"])
+    b = best["validation_accuracy"]
+    for other in scored:
+        if other is best:
+            continue
+        o = other["validation_accuracy"]
+        gap = b["mean"] - o["mean"]
+        apart = o["max"] < b["min"]
+        differ = apart and gap >= (step or 0.0) - 1e-9
+        if differ:
+            why = "the ranges do not overlap"
+        elif apart:
+            why = "the ranges do not overlap but the means are less than one validation photo apart"
+        else:
+            why = "the ranges overlap"
+        verdict = "differ" if differ else "within the spread"
+        line = (
+            f"{best['group']} vs {other['group']}: {verdict} — {_range_text(b)} against "
+            f"{_range_text(o)} over {b['n']} and {o['n']} seeds, mean gap {gap * 100:.1f} points; {why}."
+        )
+        pair = {"a": best["group"], "b": other["group"], "differ": differ, "gap": gap, "line": line}
+        result["pairs"].append(pair)
+        result["lines"].append(line)
+    return result
 
 
 def steps_table(
