@@ -116,6 +116,11 @@ def results(result: batch.BatchResult) -> None:
             icon=":material/folder_off:",
         )
     table = pd.DataFrame(result.rows)
+    prefix = result.source.rstrip("/") + "/"
+    table["path"] = [
+        p[len(prefix) :] if p.startswith(prefix) else p for p in table["path"]
+    ]  # as in the folder
+    table["error"] = table["error"].fillna("")
     shown = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS)
     st.dataframe(
         shown,
@@ -178,7 +183,8 @@ def photos_of_cell(result: batch.BatchResult, true_label: str, predicted: str) -
     rows = [r for r in result.rows if r.get("correct") is not None]
     rows = [r for r in rows if r["true_label"] == true_label and r["predicted"] == predicted]
     verdict = "correct" if true_label == predicted else "mistaken"
-    st.markdown(f"**{len(rows)} photos of {true_label} predicted {predicted}** ({verdict})")
+    photos = "1 photo" if len(rows) == 1 else f"{len(rows)} photos"
+    st.markdown(f"**{photos} of {true_label} predicted {predicted}** ({verdict})")
     grid = st.columns(4)
     for n, row in enumerate(rows[:MAX_SHOWN]):
         with grid[n % 4], guard("Showing a photo"):

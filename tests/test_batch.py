@@ -226,7 +226,21 @@ def test_batch_tab_shows_a_finished_job_and_the_photos_of_a_cell(stand_in, tmp_p
     assert ("roses", "daisy") in picker.options or any("roses → predicted daisy" in o for o in picker.options)
     picker.set_value(("roses", "daisy")).run()
     assert not at.exception
-    assert any("1 photos of roses predicted daisy" in m.value for m in at.markdown)
+    assert any("1 photo of roses predicted daisy" in m.value for m in at.markdown)
     assert len(at.get("imgs")) == 1 or len(at.get("image")) == 1, [e.type for e in at.main]
     assert not at.error and len(at.get("plotly_chart")) == 1
     assert at.get("download_button")[0].proto.label == "Download CSV"
+
+
+def test_a_staged_upload_is_a_zip_and_only_staged_files_are_removed(tmp_path):
+    with pytest.raises(InvalidArgument, match="notes.txt.? is not a .zip file"):
+        batch.stage_upload(b"PK\x03\x04", "notes.txt")
+    with pytest.raises(InvalidArgument, match="not a zip archive"):
+        batch.stage_upload(b"hello", "fake.zip")
+    staged = Path(batch.stage_upload(_zip(tmp_path / "a.zip", {"daisy/a.jpg": RED}).read_bytes(), "a.zip"))
+    assert staged.parent == batch.staging_dir() and zipfile.is_zipfile(staged)
+    outside = tmp_path / "keep.zip"
+    outside.write_bytes(b"PK")
+    batch._remove_staged(str(outside))
+    batch._remove_staged(str(staged))
+    assert outside.exists() and not staged.exists()
