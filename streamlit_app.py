@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard import compat
 from dashboard.components import sidebar
 from engine import config
+from engine.jobs.pool import prewarm
 
 ROOT = Path(__file__).resolve().parent
 
@@ -44,6 +45,7 @@ def main() -> None:
         file: st.Page(file, title=title, icon=icon, default=(i == 0))
         for i, (file, title, icon) in enumerate(available_pages())
     }
+    prewarm()  # a warm job worker (TensorFlow loaded) waits for the first Train press; no-op if one lives
     page = st.navigation(list(pages.values()))
     follow_link(page, pages)
     sidebar()

@@ -5,7 +5,8 @@ Every folder and file of the data directory is named here and nowhere else:
     $LAB_HOME/
         lab.sqlite          runs, experiments, metrics, jobs (engine.runs.store)
         runs/<run_id>/      one portable folder per run
-        jobs/<job_id>/      a job's log; jobs/_workers/ the warm workers' own logs
+        jobs/<job_id>/      a job's log
+        workers/            the warm job workers' own logs (engine.jobs.pool)
         datasets/           downloaded and demo datasets; uploads/ extracted uploads; downloads/ archives
         cache/              the bottleneck cache; architecture/ analysed models
         timings/            timing lab reports, measured here or imported
@@ -97,7 +98,7 @@ def jobs_dir(home: str | Path | None = None) -> Path:
 
 def worker_logs_dir(home: str | Path | None = None) -> Path:
     """The logs of warm job workers (each job's own lines also go to its job folder)."""
-    return _sub(home, "jobs", "_workers")
+    return _sub(home, "workers")
 
 
 def datasets_dir() -> Path:

@@ -15,6 +15,9 @@ MOBILENET_025_WEIGHTS = SHARED_ASSETS / "keras_weights" / "mobilenet_2_5_224_tf_
 SAMPLE_IMAGES = SHARED_ASSETS / "sample_images"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# warm job workers (engine.jobs.pool) of a test exit soon after its jobs, and page tests start none
+os.environ.setdefault("LAB_WORKER_IDLE_SECONDS", "5")
+os.environ.setdefault("LAB_PREWARM", "0")
 
 
 def _need(path: Path) -> Path:

@@ -12,6 +12,7 @@ import pytest
 
 from engine import config
 from engine.errors import LabError
+from engine.jobs import pool
 from engine.jobs import queue as jobs
 from engine.runs.store import RunStore
 
@@ -114,7 +115,7 @@ def test_a_killed_worker_frees_its_slot_for_the_next(store):
 
 
 def test_a_worker_that_cannot_start_fails_its_job_and_frees_the_slot(store, monkeypatch):
-    real_popen, calls = jobs.subprocess.Popen, []
+    real_popen, calls = pool.subprocess.Popen, []
 
     def flaky_popen(*args, **kwargs):
         calls.append(args)
@@ -122,7 +123,7 @@ def test_a_worker_that_cannot_start_fails_its_job_and_frees_the_slot(store, monk
             raise OSError("no processes left")
         return real_popen(*args, **kwargs)
 
-    monkeypatch.setattr(jobs.subprocess, "Popen", flaky_popen)
+    monkeypatch.setattr(pool.subprocess, "Popen", flaky_popen)
     with pytest.raises(LabError, match="Could not start the worker process: no processes left"):
         jobs.start_job("count", {"n": 1, "delay": 0.0}, store=store)
     (failed,) = store.list_jobs()

@@ -195,7 +195,7 @@ def test_a_store_of_schema_1_is_migrated_and_keeps_its_runs(tmp_path):
     assert (old.author, old.origin, old.imported) == (None, None, False)  # columns of schema 3
     store.record_artifact("r1", "model.keras", "0" * 64)
     assert store.artifact_hash("r1", "model.keras") == "0" * 64
-    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_a_damaged_store_file_is_a_clear_error_and_left_untouched(tmp_path):

@@ -53,6 +53,10 @@ class Run:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase
     # what was wrong with the stored row (a JSON column that did not parse, read as empty); () if nothing
     damage: tuple[str, ...] = ()
+    # for a run made by a job: seconds from the job's submission until a worker began it, and until the
+    # run's first evaluation row (the first curve point a page can show); None otherwise
+    queue_seconds: float | None = None
+    first_metric_seconds: float | None = None
 
     @property
     def imported(self) -> bool:
@@ -110,6 +114,32 @@ class Job:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
         return asdict(self)
+
+
+WORKER_STATES = ("idle", "busy", "exiting")
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A warm job worker process as it last registered itself (see `engine.jobs.pool`)."""
+
+    pid: int
+    hostname: str
+    state: str  # one of WORKER_STATES
+    job_id: str | None  # the job it was given or runs (busy), None when idle
+    started: float  # when it registered
+    heartbeat: float | None  # its last sign of life
+    rss_mb: float | None  # resident memory at its last heartbeat
+    jobs_done: int  # jobs it has run so far
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return asdict(self)
+
+
+def worker_from_row(row: Mapping[str, Any]) -> Worker:
+    """A `Worker` from a row of the workers table."""
+    return Worker(**dict(row))
 
 
 def _loads(text: Any, default: Any, what: str, damage: list[str] | None = None) -> Any:

@@ -429,7 +429,7 @@ class _MetricsBuffer:
     def __init__(self, store, run_id: str, every: float = METRICS_FLUSH_SECONDS) -> None:
         self.store, self.run_id, self.every = store, run_id, every
         self.rows: list[dict] = []
-        self.last = time.perf_counter()
+        self.last = float("-inf")  # the first row goes out at once: it is the first curve point a page shows
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
@@ -463,6 +463,12 @@ def _feature_model(architecture: str, weights: str, seed: int):
     # Built once per process: the heads of an experiment (or repeated runs in a worker) share the
     # frozen backbone, and rebuilding it cost more than saving the model. Never fine-tuned in place.
     return backbones.build_feature_extractor(architecture, weights=weights, seed=seed)
+
+
+def build_classifier_base(architecture: str, weights: str, seed: int = 0):
+    """Build (once per process) the frozen backbone `build_classifier` puts under a head; a warm job
+    worker calls this before its first job (engine.jobs.worker)."""
+    return _feature_model(architecture, weights, seed)
 
 
 def build_classifier(architecture: str, weights: str, kernel, bias, seed: int = 0):

@@ -1,8 +1,9 @@
 """Run store: runs, experiments, metric history, jobs and artifact hashes in one SQLite file.
 
 Modelled on MLflow's tracking store: a small interface (`create_run`, `log_metrics`, `finish_run`,
-`get_run`, `list_runs`; `create_job`, `claim_job`, `finish_job`, `get_job`, `list_jobs`) returning value
-objects (`Run`, `Experiment`, `Job` in `entities`) rather than table rows. This is the only module that
+`get_run`, `list_runs`; `create_job`, `claim_job`, `finish_job`, `get_job`, `list_jobs`; `register_worker`,
+`assign_jobs`, `retire_worker`, `list_workers`) returning value objects (`Run`, `Experiment`, `Job`, `Worker`
+in `entities`) rather than table rows. This is the only module that
 speaks SQL for them. SQLite runs in WAL mode with a busy timeout so several processes can write at once;
 every thread and process opens its own connection. A run or job whose process died is reported as
 interrupted. A database that cannot be opened, written or read raises `StoreUnavailable`, never a
@@ -33,9 +34,11 @@ from engine.runs.entities import (
     Experiment,
     Job,
     Run,
+    Worker,
     experiment_from_row,
     job_from_row,
     run_from_row,
+    worker_from_row,
 )
 from engine.training.config import HISTORY_KEYS
 
@@ -88,6 +91,16 @@ _MIGRATIONS = (
     """
     ALTER TABLE runs ADD COLUMN author TEXT;
     ALTER TABLE runs ADD COLUMN origin TEXT;
+    """,
+    # 4: the warm worker pool (engine.jobs.pool), and how long a job's run waited and took to its first
+    # curve point
+    """
+    CREATE TABLE IF NOT EXISTS workers (
+        pid INTEGER NOT NULL, hostname TEXT NOT NULL, state TEXT NOT NULL, job_id TEXT,
+        started REAL NOT NULL, heartbeat REAL, rss_mb REAL, jobs_done INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (hostname, pid));
+    ALTER TABLE runs ADD COLUMN queue_seconds REAL;
+    ALTER TABLE runs ADD COLUMN first_metric_seconds REAL;
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -343,6 +356,18 @@ class RunStore:
         """Tell readers on other hosts that this run's process is still alive."""
         with self.write() as conn:
             conn.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (time.time(), run_id))
+
+    def set_run_timing(
+        self, run_id: str, queue_seconds: float | None = None, first_metric_seconds: float | None = None
+    ) -> None:
+        """Record how long a job's run waited for a worker and took to its first evaluation row
+        (a value already recorded is kept when None is given)."""
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE runs SET queue_seconds = COALESCE(?, queue_seconds),"
+                " first_metric_seconds = COALESCE(?, first_metric_seconds) WHERE id = ?",
+                (_number(queue_seconds), _number(first_metric_seconds), run_id),
+            )
 
     def set_environment(self, run_id: str, env: dict[str, Any]) -> None:
         """Record where the run ran (see `collect_environment`)."""
@@ -678,6 +703,152 @@ class RunStore:
             status, message = "interrupted", f"The worker process (pid {row['pid']}) stopped unexpectedly"
         self.finish_job(row["id"], status, error=message, only_if_active=True)
         return self._one("SELECT * FROM jobs WHERE id = ?", (row["id"],))
+
+    # -- warm workers (engine.jobs.pool) ---------------------------------------------------------
+    # A worker registers itself; the queue gives a promoted job to an idle worker by writing the
+    # worker's pid on the job and marking the worker busy, in one transaction; the worker polls for
+    # a queued job carrying its pid and claims it. A worker leaves only from "idle", in a transaction,
+    # so a job given to it at that moment is never lost.
+    def register_worker(self, pid: int, state: str = "idle", job_id: str | None = None) -> None:
+        """Record a worker process of this host. A row its starter wrote already (`engine.jobs.pool`
+        registers a worker it starts, so a second start does not start another) keeps its state: a
+        job may have been given to it meanwhile."""
+        now = time.time()
+        with self.write() as conn:
+            row = conn.execute(
+                "SELECT started FROM workers WHERE hostname = ? AND pid = ?", (hostname(), pid)
+            ).fetchone()
+            if row is not None and process_alive(pid, hostname(), None, row["started"]):
+                conn.execute(
+                    "UPDATE workers SET heartbeat = ? WHERE hostname = ? AND pid = ?", (now, hostname(), pid)
+                )
+                return
+            conn.execute(
+                "INSERT OR REPLACE INTO workers (pid, hostname, state, job_id, started, heartbeat, jobs_done)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0)",
+                (pid, hostname(), state, job_id, now, now),
+            )
+
+    def worker_heartbeat(self, pid: int, rss_mb: float | None) -> None:
+        """A worker's sign of life and its resident memory."""
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE workers SET heartbeat = ?, rss_mb = COALESCE(?, rss_mb)"
+                " WHERE hostname = ? AND pid = ?",
+                (time.time(), _number(rss_mb), hostname(), pid),
+            )
+
+    def set_worker_busy(self, pid: int, job_id: str) -> None:
+        """A worker began a job (one it was given or one it was started for)."""
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE workers SET state = 'busy', job_id = ?, heartbeat = ? WHERE hostname = ? AND pid = ?",
+                (job_id, time.time(), hostname(), pid),
+            )
+
+    def set_worker_idle(self, pid: int, jobs_done: int, rss_mb: float | None) -> None:
+        """A worker is free for the next job (busy still if a job was given to it already)."""
+        host = hostname()
+        with self.write() as conn:
+            given = conn.execute(
+                "SELECT id FROM jobs WHERE hostname = ? AND pid = ? AND status = 'queued'"
+                " ORDER BY created, id LIMIT 1",
+                (host, pid),
+            ).fetchone()
+            conn.execute(
+                "UPDATE workers SET state = ?, job_id = ?, jobs_done = ?, heartbeat = ?,"
+                " rss_mb = COALESCE(?, rss_mb) WHERE hostname = ? AND pid = ?",
+                ("idle" if given is None else "busy", None if given is None else given[0], jobs_done,
+                 time.time(), _number(rss_mb), host, pid),
+            )  # fmt: skip
+
+    def retire_worker(self, pid: int, keep_idle: int | None = None) -> bool:
+        """Let an idle worker leave: True if it may exit now (its row is removed), False if a job was
+        given to it meanwhile (it must run it) or, with `keep_idle`, fewer than that many other workers
+        of this host are idle (it is needed as a warm one)."""
+        host = hostname()
+        with self.write() as conn:
+            row = conn.execute(
+                "SELECT state FROM workers WHERE hostname = ? AND pid = ?", (host, pid)
+            ).fetchone()
+            if row is not None and row["state"] != "idle":
+                return False
+            if keep_idle is not None:
+                others = conn.execute(
+                    "SELECT COUNT(*) FROM workers WHERE hostname = ? AND state = 'idle' AND pid != ?",
+                    (host, pid),
+                ).fetchone()[0]
+                if others < keep_idle:
+                    return False
+            if conn.execute(
+                "SELECT 1 FROM jobs WHERE hostname = ? AND pid = ? AND status = 'queued' LIMIT 1", (host, pid)
+            ).fetchone():
+                return False
+            conn.execute("DELETE FROM workers WHERE hostname = ? AND pid = ?", (host, pid))
+        return True
+
+    def remove_worker(self, pid: int) -> None:
+        """Forget a worker that is exiting whatever its state (after SIGTERM, or a failure)."""
+        with self.write() as conn:
+            conn.execute("DELETE FROM workers WHERE hostname = ? AND pid = ?", (hostname(), pid))
+
+    def list_workers(self) -> list[Worker]:
+        """The live workers of this host, oldest first; rows of dead processes are removed."""
+        alive = []
+        for row in self._query("SELECT * FROM workers WHERE hostname = ? ORDER BY started", (hostname(),)):
+            if process_alive(row["pid"], row["hostname"], row["heartbeat"], row["started"]):
+                alive.append(worker_from_row(row))
+            else:
+                with self.write() as conn:
+                    conn.execute(
+                        "DELETE FROM workers WHERE hostname = ? AND pid = ? AND started = ?",
+                        (row["hostname"], row["pid"], row["started"]),
+                    )
+        return alive
+
+    def assign_jobs(self, job_ids: Iterable[str]) -> list[str]:
+        """Give promoted jobs to idle live workers of this host (the ones holding most memory first:
+        those have TensorFlow and a backbone loaded); returns the ids left without a worker."""
+        job_ids = list(job_ids)
+        if not job_ids:
+            return []
+        idle = {w.pid for w in self.list_workers() if w.state == "idle"}
+        if not idle:
+            return job_ids
+        host, left = hostname(), []
+        with self.write() as conn:
+            pids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT pid FROM workers WHERE hostname = ? AND state = 'idle'"
+                    " ORDER BY COALESCE(rss_mb, 0) DESC, started",
+                    (host,),
+                )
+                if r[0] in idle
+            ]
+            for job_id in job_ids:
+                if not pids:
+                    left.append(job_id)
+                    continue
+                cursor = conn.execute(
+                    "UPDATE jobs SET pid = ?, updated = ? WHERE id = ? AND status = 'queued' AND pid IS NULL",
+                    (pids[0], time.time(), job_id),
+                )
+                if cursor.rowcount:  # else it was cancelled or taken meanwhile: it needs no worker
+                    conn.execute(
+                        "UPDATE workers SET state = 'busy', job_id = ? WHERE hostname = ? AND pid = ?",
+                        (job_id, host, pids.pop(0)),
+                    )
+        return left
+
+    def assigned_job(self, pid: int) -> str | None:
+        """The oldest queued job given to this worker, if any."""
+        row = self._one(
+            "SELECT id FROM jobs WHERE hostname = ? AND pid = ? AND status = 'queued'"
+            " ORDER BY created, id LIMIT 1",
+            (hostname(), pid),
+        )
+        return None if row is None else row["id"]
 
 
 def _environment_fault(exc: sqlite3.DatabaseError, path: Path) -> str | None:
