@@ -5,7 +5,7 @@ from dataclasses import asdict
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, charts
+from dashboard import cache, charts, charts_lr
 from dashboard.components import (
     copy_link,
     current_author,
@@ -18,10 +18,10 @@ from dashboard.components import (
 )
 from engine.jobs import queue as jobs
 from engine.models import backbones
-from engine.params import parse_list
+from engine.params import human_seconds, parse_list
 from engine.runs import experiments, report
 from engine.runs.retrain import RunConfig
-from engine.training import summaries
+from engine.training import lrfind, summaries
 from engine.training.config import MAX_LEARNING_RATE, SCHEDULES, TrainConfig
 
 POLL_SECONDS = 1.5
@@ -52,11 +52,12 @@ PERCENT_COLUMNS = (
 HEADERS = {
     "name": "Run", "learning_rate": "Learning rate", "schedule": "Schedule", "status": "Status",
     "final_validation_accuracy": "Validation acc.", "test_accuracy": "Test acc.",
-    "steps_to_target": "Steps to target", "seconds_to_target": "Seconds to target",
-    "final_cross_entropy": "Final cross-entropy", "steps": "Steps", "train_seconds": "Train s",
+    "steps_to_target": "Steps to target", "seconds_to_target": "Time to target",
+    "final_cross_entropy": "Final cross-entropy", "steps": "Steps", "train_seconds": "Train time",
+    "seed": "Seed",
     "flag": "Flag", "explanation": "What happened", "fine_tune_layers": "Unfrozen layers",
     "head_test_accuracy": "Head-only test acc.", "trainable_parameters": "Trainable params",
-    "seconds_per_step": "s / step", "total_seconds": "Total s",
+    "seconds_per_step": "Time per step", "total_seconds": "Total time",
     "source": "Source", "classes": "Classes", "images": "Images", "per_class_accuracy": "Per-class acc.",
     "checkpoint": "Checkpoint", "step": "Step", "validation_accuracy": "Validation acc.",
     "train_accuracy": "Train acc.", "note": "Note",
@@ -74,6 +75,8 @@ def table(rows: list[dict], columns) -> pd.DataFrame:
                 cells[HEADERS.get(key, key)] = summaries.NEVER
             elif key == "flag":
                 cells[HEADERS[key]] = value or "—"
+            elif "seconds" in key:  # times for people: "39 ms", "< 1 ms", never "0.0386"
+                cells[HEADERS.get(key, key)] = human_seconds(value) if value is not None else ""
             else:
                 cells[HEADERS.get(key, key)] = summaries.display(value, key in PERCENT_COLUMNS)
         shown.append(cells)
@@ -97,7 +100,16 @@ def settings(study: str) -> dict | None:
     )
     c1, c2 = st.columns(2)
     steps = c1.number_input("Training steps", 1, 100_000, STUDY_STEPS, step=100)
-    schedule = c2.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(TRAIN.schedule))
+    if study == "lr_race":
+        schedules = c2.multiselect(
+            "Schedules to race",
+            SCHEDULES,
+            default=[TRAIN.schedule],
+            help="each rate trains with each schedule; the rate-against-step chart shows what they do",
+        )
+        schedule = schedules[0] if schedules else TRAIN.schedule
+    else:
+        schedule = c2.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(TRAIN.schedule))
     seed = c1.number_input("Seed", 0, 2**31 - 1, TRAIN.seed, help="the same seed gives the same curves")
     eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, TRAIN.eval_interval)
     params: dict = {"study": study}
@@ -110,7 +122,15 @@ def settings(study: str) -> dict | None:
     if study == "lr_race":
         rates = st.text_input("Learning rates", ", ".join(f"{r:g}" for r in experiments.DEFAULT_RATES))
         target = st.slider("Target validation accuracy", 0.05, 1.0, experiments.DEFAULT_TARGET, 0.05)
-        params.update(rates_text=rates, target=float(target))
+        seeds = st.number_input(
+            "Seeds per rate",
+            1,
+            experiments.MAX_SEEDS,
+            experiments.DEFAULT_SEEDS,
+            help="each rate trains once per seed (new initial weights and batch order, same data): "
+            "a difference between rates counts only if it is larger than the spread of the seeds",
+        )
+        params.update(rates_text=rates, target=float(target), seeds=int(seeds), schedules=schedules)
     else:
         rate = st.number_input("Learning rate", 0.0001, MAX_LEARNING_RATE, TRAIN.learning_rate, format="%.4f")
         train["learning_rate"] = float(rate)
@@ -120,10 +140,18 @@ def settings(study: str) -> dict | None:
         )
         train["fine_tune_steps"] = int(st.number_input("Fine-tune steps", 1, 10_000, TRAIN.fine_tune_steps))
         params["layers_text"] = layers
-    if not st.button("Start experiment", type="primary", icon=":material/play_arrow:"):
+    start = st.button("Start experiment", type="primary", icon=":material/play_arrow:")
+    find = study == "lr_race" and st.button(
+        "Run the learning-rate finder",
+        icon=":material/query_stats:",
+        help="one short run whose rate grows from 1e-5 to 10: where the loss falls fastest is a good rate",
+    )
+    if not (start or find):
         return None
     if study == "lr_race":
         params["rates"] = parse_list(params.pop("rates_text"), float, "Learning rates")
+        if find:  # the finder sweeps rates itself; the race's rates are only marked on its curve
+            params = {"study": "lr_find", "rates": params["rates"], "steps": lrfind.DEFAULT_STEPS}
     if study == "freezing":
         params["layers"] = parse_list(params.pop("layers_text"), int, "Layer counts")
     if study == "datasets":
@@ -147,15 +175,7 @@ def render(experiment_id: str, key: str, live: bool = False) -> None:
     rows = experiments.experiment_table(experiment_id, store)
     curves = pd.DataFrame(experiments.experiment_curves(experiment_id, store))
     if exp.kind == "lr_race":
-        target = exp.config.get("target")
-        left, right = st.columns(2)
-        with left:
-            plot(charts.experiment_curves(curves, "accuracy", target=target), key=f"{key}_acc")
-        with right:
-            plot(charts.experiment_curves(curves, "cross_entropy"), key=f"{key}_xent")
-        st.dataframe(table(rows, experiments.RACE_COLUMNS[:-2]), hide_index=True)
-        for row in rows:
-            st.markdown(f"{FLAG_ICONS.get(row['flag'], '')} **{row['name']}**: {row['explanation']}")
+        render_race(experiment_id, exp, rows, curves, key)
     elif exp.kind == "freezing":
         st.dataframe(table(rows, experiments.FREEZING_COLUMNS[:-1]), hide_index=True)
         frame = pd.DataFrame([{"run": r["name"], **r} for r in rows])
@@ -212,11 +232,130 @@ def render(experiment_id: str, key: str, live: bool = False) -> None:
             copy_link("experiment", experiment_id, key=f"{key}_link")
 
 
+def race_status(summary: dict, running: bool) -> str:
+    """One line that follows the race's state: "Race running: 3 of 12 runs done"."""
+    done, planned = summary["done"], summary["planned"]
+    if running:
+        return f"Race running: {done} of {planned} runs done"
+    return f"Race finished: {done} runs, {summary['seeds']} seed(s) per setting"
+
+
+def group_table(groups: list[dict]) -> pd.DataFrame:
+    """One row per setting: its seeds' mean, range and spread, the target and what went wrong."""
+    shown = []
+    for g in groups:
+        acc, test, xent = g["validation_accuracy"], g["test_accuracy"], g["cross_entropy"]
+        reached = g["seconds_to_target"]
+        shown.append(
+            {
+                "Setting": g["group"],
+                "Seeds done": f"{g['finished']} of {g['runs']}",
+                "Validation acc. (mean)": summaries.display(acc["mean"], percent=True),
+                "Range over seeds": f"{acc['min']:.0%} – {acc['max']:.0%}" if acc["n"] else "",
+                "± 1 sd (points)": f"{acc['sd'] * 100:.1f}" if acc["n"] > 1 else "",
+                "Test acc. (mean)": summaries.display(test["mean"], percent=True),
+                "Reached target": f"{g['reached']} of {g['finished']}",
+                "Time to target (mean)": human_seconds(reached["mean"]) if g["reached"] else summaries.NEVER,
+                "Final cross-entropy (mean)": summaries.display(xent["mean"]),
+                "Flags": ", ".join(g["flags"]) or "—",
+            }
+        )
+    return pd.DataFrame(shown)
+
+
+def render_race(experiment_id: str, exp, rows: list[dict], curves: pd.DataFrame, key: str) -> None:
+    """A race: curves as mean and band per setting, the schedules, the table per setting and the verdict."""
+    summary = experiments.race_summary(experiment_id, cache.store())
+    target = exp.config.get("target")
+    left, right = st.columns(2)
+    with left:
+        plot(charts_lr.band_curves(curves, "accuracy", target=target), key=f"{key}_acc")
+    with right:
+        plot(charts_lr.schedule_curves(pd.DataFrame(summary["schedule_curves"])), key=f"{key}_sched")
+    left, right = st.columns(2)
+    with left:
+        plot(charts_lr.band_curves(curves, "cross_entropy"), key=f"{key}_xent")
+    with right:
+        verdict = summary["separation"]
+        st.markdown("**Do the settings differ?**")
+        for line in verdict["lines"]:
+            st.markdown(f"- {line}")
+        st.caption(f"Rule: {verdict['rule']}")
+        if verdict["warning"]:
+            st.warning(verdict["warning"], icon=":material/straighten:")
+    st.dataframe(group_table(summary["groups"]), hide_index=True)
+    by_group: dict[str, list[dict]] = {}
+    for row in rows:
+        by_group.setdefault(row.get("group") or row["name"], []).append(row)
+    for group, members in by_group.items():
+        # one line per setting: a flagged seed's explanation if any (that is the lesson), else the first
+        shown = next((r for r in members if r["flag"]), members[0])
+        seeds = f" ({shown['name']})" if len(members) > 1 else ""
+        st.markdown(f"{FLAG_ICONS.get(shown['flag'], '')} **{group}**{seeds}: {shown['explanation']}")
+    with st.expander(f"Every run ({len(rows)})"):
+        st.dataframe(table(rows, experiments.RACE_COLUMNS[:-2]), hide_index=True)
+
+
+def finder_jobs() -> tuple:
+    """(the finder job running now or this session's, the newest finished finder job); either may be None."""
+    own = st.session_state.get("lrfind_job")
+    finders = [
+        j
+        for j in jobs.list_jobs(store=cache.store())
+        if j.kind == "experiment" and j.params.get("study") == "lr_find"
+    ]
+    active = [j for j in finders if j.active and j.id == own] or [j for j in finders if j.active]
+    current = active[0] if active else next((j for j in finders if j.id == own), None)
+    done = next((j for j in finders if j.status == "finished" and j.result), None)
+    return current, done
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def finder_monitor(job_id: str) -> None:
+    """Progress and Cancel of a running finder; a full rerun once it has ended."""
+    job = jobs.get_job(job_id, store=cache.store())
+    job_header(job, f"**Learning-rate finder** · job `{job.id}` · {job.status}", key="cancel_lrfind")
+    job_progress(job)
+    if not job.active:
+        st.rerun()
+
+
+def finder_section() -> None:
+    """The range test: the running job's progress, or the newest sweep's curve and suggested range."""
+    current, done = finder_jobs()
+    if current is None and done is None:
+        return
+    st.markdown("#### Learning-rate finder")
+    if current is not None and current.active:
+        finder_monitor(current.id)
+    elif current is not None and current.status != "finished":
+        st.error(current.error or f"The finder {current.status}.", icon=":material/error:")
+    if done is None:
+        return
+    found = done.result
+    plot(charts_lr.finder(found, found.get("race_rates") or ()), key="lrfind_chart")
+    if found.get("suggested"):
+        low, high = found["suggested"]
+        st.markdown(
+            f"**Suggested learning rates: {low:.2g} to {high:.2g}** — steepest descent at "
+            f"{found['steepest']:.2g}, lowest smoothed loss at {found['minimum']:.2g} "
+            f"({found['name']}, {found['train_images']} training photos, {len(found['rates'])} steps, "
+            f"{human_seconds(found['seconds'])})."
+        )
+    else:
+        st.markdown("**No suggestion**: the loss diverged too soon; start the sweep at a smaller rate.")
+    ended = (
+        "stopped when the loss passed 4x its minimum" if found["stopped_early"] else "ran to the last rate"
+    )
+    st.caption(f"{found['rule']} The sweep {ended}. Dotted lines: the race's rates.")
+
+
 def watched_job(study: str):
     """This session's experiment job, or one running now (a refresh or a second tab finds it)."""
     own = st.session_state.get("experiment_job")
     active = [j for j in jobs.list_jobs(active_only=True, store=cache.store()) if j.kind == "experiment"]
     mine = [j for j in active if j.id == own] or [j for j in active if j.params.get("study") == study]
+    mine = [j for j in mine if j.params.get("study") != "lr_find"]  # the finder is followed on its own
     if mine:
         return mine[0]
     return jobs.get_job(own, store=cache.store()) if own else None
@@ -227,9 +366,13 @@ def monitor(job_id: str) -> None:
     """Live progress and overlaid curves of a running experiment; a full rerun once it has ended."""
     job = jobs.get_job(job_id, store=cache.store())
     label = experiments.KINDS.get(job.params.get("study"), "Experiment")
-    job_header(job, f"**{label}** · job `{job.id}` · {job.status}", key="cancel_experiment")
-    job_progress(job)
     experiment_id = (job.extra or {}).get("experiment_id") or (job.result or {}).get("experiment_id")
+    status = f"**{label}** · job `{job.id}` · {job.status}"
+    if experiment_id and job.params.get("study") == "lr_race":
+        summary = experiments.race_summary(experiment_id, cache.store())
+        status = f"**{race_status(summary, job.active)}** · job `{job.id}`"
+    job_header(job, status, key="cancel_experiment")
+    job_progress(job)
     if experiment_id:
         render(experiment_id, "live", live=True)
     if not job.active:
@@ -292,7 +435,8 @@ with form_col, st.container(border=True):
     with guard("Starting the experiment"):
         params = settings(study)
         if params is not None:
-            st.session_state["experiment_job"] = jobs.start_job("experiment", params, store=cache.store())
+            started = jobs.start_job("experiment", params, store=cache.store())
+            st.session_state["lrfind_job" if params["study"] == "lr_find" else "experiment_job"] = started
 
 with watch_col, guard("Following the experiment"):
     job = watched_job(study)
@@ -315,5 +459,7 @@ with watch_col, guard("Following the experiment"):
             st.session_state.pop("experiment_pick", None)
         chosen = st.selectbox("Results of", list(labels), format_func=labels.get, key="experiment_pick")
         render(chosen, "done")
-    elif running is None:
+    elif job is None or not job.active:  # a job starting up has no experiment yet: the monitor speaks
         st.info("No experiments of this kind yet. Configure one and press **Start experiment**.")
+    if study == "lr_race":
+        finder_section()

@@ -59,16 +59,47 @@ def test_each_study_renders_on_an_empty_lab(study):
     assert at.info, "an empty lab explains what to do"
 
 
-def test_stored_race_shows_table_flags_curves_and_csv(demo_base):
-    result = experiments.lr_race(demo_base, (0.01, 1.0), target=0.9)
+def test_stored_race_shows_spread_verdict_flags_curves_and_csv(demo_base):
+    result = experiments.lr_race(demo_base, (0.01, 1.0), target=0.9, seeds=2)
     at = ok(page("lr_race").run())
-    frame = at.dataframe[0].value
-    assert list(frame["Learning rate"]) == ["0.01", "1"]
-    assert set(frame["Steps to target"]) <= {"never"} | {str(s) for s in range(10, 31, 10)}
-    assert "lr=0.01" in texts(at) and "lr=1" in texts(at)
-    assert len(at.get("plotly_chart")) >= 2  # accuracy and cross-entropy, one curve per rate
+    groups = at.dataframe[0].value  # one row per rate: mean and range over its seeds
+    assert list(groups["Setting"]) == ["lr=0.01", "lr=1"]
+    assert list(groups["Seeds done"]) == ["2 of 2", "2 of 2"]
+    runs = at.dataframe[1].value  # every run, named by rate and seed
+    assert list(runs["Run"]) == ["lr=0.01 · seed 0", "lr=0.01 · seed 1", "lr=1 · seed 0", "lr=1 · seed 1"]
+    assert set(runs["Steps to target"]) <= {"never"} | {str(s) for s in range(10, 31, 10)}
+    assert all(t == "never" or t.endswith(("ms", " s")) for t in runs["Time to target"])  # for people
+    assert "lr=0.01 vs lr=1" in texts(at) and "Rule: Two settings differ" in texts(at)
+    # 20 % of 36 photos are for validation: one photo is several points, and the page says so
+    assert any(
+        w.value.startswith("n = ") and "validation photos: one photo = " in w.value for w in at.warning
+    )
+    assert len(at.get("plotly_chart")) >= 3  # accuracy and cross-entropy bands, rate against step
     assert at.get("download_button"), "the result table downloads as CSV"
     assert result.experiment_id in widget(at.selectbox, "Results of").options[0]
+
+
+def test_finder_button_starts_a_finder_job_and_its_result_is_drawn(demo_base, monkeypatch):
+    from dataclasses import asdict
+
+    from engine.runs.store import RunStore
+
+    started = []
+    monkeypatch.setattr(jobs, "start_job", lambda kind, params, store=None: started.append(params) or "job-x")
+    at = page("lr_race").run()
+    widget(at.button, "Run the learning-rate finder").click().run()
+    [params] = started
+    assert params["study"] == "lr_find" and params["rates"] == list(experiments.DEFAULT_RATES)
+    # the job's work, run here, and its result stored as the worker would
+    params["config"] = asdict(demo_base)
+    result = experiments.run_job({**params, "steps": 40})
+    store = RunStore()
+    job = store.create_job("experiment", params)
+    store.finish_job(job.id, "finished", result)
+    at = ok(page("lr_race").run())
+    assert "Learning-rate finder" in texts(at) and "Suggested learning rates" in texts(at)
+    assert any("Suggested range: from the rate where" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) == 1  # no race yet: the finder's curve alone
 
 
 def test_steps_study_reads_one_run(demo_base):
@@ -135,12 +166,13 @@ def test_start_runs_a_race_as_a_background_job(demo_base):
     at = ok(widget(at.button, "Start experiment").click().run())
     job_id = at.session_state["experiment_job"]
     job = jobs.get_job(job_id)
-    assert job.kind == "experiment" and job.params["rates"] == [0.01, 0.5]
+    assert job.kind == "experiment" and job.params["rates"] == [0.01, 0.5] and job.params["seeds"] == 3
     deadline = time.time() + 300
     while jobs.get_job(job_id).active and time.time() < deadline:
         time.sleep(0.5)
     job = jobs.get_job(job_id)
     assert job.status == "finished", (job.status, job.error, jobs.job_log(job_id)[-2000:])
     at = ok(at.run())
-    assert list(at.dataframe[0].value["Learning rate"]) == ["0.01", "0.5"]
+    assert list(at.dataframe[0].value["Setting"]) == ["lr=0.01", "lr=0.5"]
+    assert any(m.value.startswith("**Race finished: 6 runs") for m in at.markdown)
     assert widget(at.selectbox, "Results of").value == job.result["experiment_id"]
