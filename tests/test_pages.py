@@ -286,7 +286,7 @@ def test_runs_page_without_runs():
 
 def test_classify_with_a_run(run_id):
     at = ok(app("classify").run())
-    assert at.selectbox(key="classify_run").value == run_id
+    assert at.multiselect(key="classify_models").value == [f"run:{run_id}:keras"]  # the best run
     at.file_uploader(key="classify_files").set_value(
         [("red.jpg", jpeg((220, 20, 20)), "image/jpeg"), ("notes.txt", b"plain text", "text/plain")]
     ).run()
@@ -299,8 +299,7 @@ def test_classify_with_a_run(run_id):
 
 def test_classify_imagenet_offline_is_a_readable_error():
     at = app("classify").run()
-    at.segmented_control(key="classify_kind").set_value("imagenet").run()
-    at.file_uploader(key="classify_files").set_value(("red.jpg", jpeg(), "image/jpeg")).run()
+    at.button(key="classify_add_imagenet").click().run()  # offline: nothing cached, nothing downloadable
     assert not at.exception
     assert at.error and "weights" in at.error[0].value.lower()
 
