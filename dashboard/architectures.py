@@ -1,5 +1,6 @@
 """Architectures: MobileNet against Inception, explained with numbers counted from the real models."""
 
+import inspect
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from dashboard.components import guard, page_link, plot, source_options
 from engine.models import backbones, blocks, explain, macs
 
 DEFAULT = ["mobilenet_1.0_224", "inception_v3"]
+# the head's classes and the batch the explanations assume: freeze_plan's own defaults, read, never copied
+PLAN = {k: p.default for k, p in inspect.signature(explain.freeze_plan).parameters.items() if k != "name"}
 M = st.column_config.NumberColumn(format="%.2f")
 
 
@@ -37,7 +40,7 @@ def block_frame(arch, field: str) -> pd.DataFrame:
 
 
 def comparison(names: list[str]) -> None:
-    rows = pd.DataFrame(explain.compare(names, num_classes=5))
+    rows = pd.DataFrame(explain.compare(names, num_classes=PLAN["num_classes"]))
     with guard("Reading the lab's runs"):
         measured = explain.lab_results(cache.store().list_runs(), names)
         rows["lab runs"] = [measured[n]["lab runs"] for n in names]
@@ -243,8 +246,10 @@ def use_on_train(name: str, layers: int) -> None:
 def freezing(names: list[str], archs: dict) -> None:
     c1, c2, c3 = st.columns(3)
     name = c1.selectbox("Backbone", names, key="arch_freeze_backbone")
-    classes = c2.number_input("Classes of the new head", 2, 1000, 5, key="arch_freeze_classes")
-    batch = c3.number_input("Batch size", 1, 10_000, 100, key="arch_freeze_batch")
+    classes = c2.number_input(
+        "Classes of the new head", 2, 1000, PLAN["num_classes"], key="arch_freeze_classes"
+    )
+    batch = c3.number_input("Batch size", 1, 10_000, PLAN["batch_size"], key="arch_freeze_batch")
     arch = archs[name]
     unfrozen = st.slider(
         "Unfrozen top blocks (0 = train the head only)", 0, len(arch.blocks), 0, key=f"arch_unfrozen_{name}"
@@ -253,8 +258,8 @@ def freezing(names: list[str], archs: dict) -> None:
     c = st.columns(4)
     c[0].metric("Trainable parameters", f"{plan.trainable_params:,}")
     c[1].metric("Frozen parameters", f"{plan.frozen_params:,}")
-    c[2].metric("MACs per image per step", human(plan.step_macs_per_image))
-    c[3].metric(f"MACs per step ({plan.batch_size} images)", human(plan.step_macs))
+    c[2].metric("MACs per image", human(plan.step_macs_per_image), help="per image, per training step")
+    c[3].metric("MACs per step", human(plan.step_macs), help=f"one training step of {plan.batch_size} images")
     if plan.uses_feature_cache:
         st.caption(
             "Head only: the backbone runs once per image to fill the bottleneck cache; each step then costs "
@@ -275,6 +280,13 @@ def freezing(names: list[str], archs: dict) -> None:
         key="arch_use_on_train",
         icon=":material/tune:",
     )
+    if not backbones.weights_cached(name):  # said before the hand-off, not after Train's click
+        path = backbones.weights_path(name)
+        st.caption(
+            f":material/cloud_download: {name}'s ImageNet weights are not cached here (`{path.name}` "
+            f"belongs in `{path.parent}`): a run downloads them first, which needs the network, or "
+            "trains from random weights."
+        )
     if st.session_state.get("train_fine_tune_layers") is not None:
         st.caption(
             f"Train will start from {st.session_state.get('train_architecture')} with fine_tune_layers = "

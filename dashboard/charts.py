@@ -24,7 +24,7 @@ pio.templates["lab"] = go.layout.Template(
         colorway=PALETTE,
         paper_bgcolor="#FFFFFF",
         plot_bgcolor="#FFFFFF",
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
+        margin={"l": 60, "r": 20, "t": 75, "b": 50},
         xaxis={
             "gridcolor": "#E2E8F0",
             "zerolinecolor": "#CBD5E1",
@@ -37,9 +37,20 @@ pio.templates["lab"] = go.layout.Template(
             "linecolor": "#94A3B8",
             "automargin": True,
         },
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1},
+        # titles and legends start on the left: the toolbar (top right, on hover) covers neither; the title
+        # is pinned to the top edge and a legend sits on its own row between it and the plot
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0},
         hoverlabel={"font": {"size": 12}},
-        title={"font": {"size": 15}, "x": 0, "xanchor": "left"},
+        title={
+            "font": {"size": 15},
+            "x": 0,
+            "xanchor": "left",
+            "xref": "paper",
+            "y": 1,
+            "yref": "container",
+            "yanchor": "top",
+            "pad": {"t": 10},
+        },
     )
 )
 TEMPLATE = "lab"
@@ -118,6 +129,45 @@ def _series(frame: pd.DataFrame, x: str, columns: dict[str, str]) -> pd.DataFram
     present = [c for c in columns if c in frame]
     tidy = frame.melt(id_vars=[x], value_vars=present, var_name="series", value_name="value")
     return tidy.assign(series=tidy["series"].map(columns))
+
+
+def log_ticks(values: Sequence[float]) -> dict:
+    """Axis settings for a clean log axis over `values`: ticks at 1, 2 and 5 of each decade in range,
+    labelled plainly ('0.5', '20', '1000'), no minor labels; padded by a factor 2 either side."""
+    positive = [float(v) for v in values if v is not None and np.isfinite(v) and v > 0]
+    if not positive:
+        return {"type": "log"}
+    low, high = min(positive) / 2, max(positive) * 2
+    first, last = int(np.floor(np.log10(low))), int(np.ceil(np.log10(high)))
+    for marks in ((1, 2, 5), (1, 3), (1,)):  # as many marks per decade as fit in 9 ticks
+        ticks = [m * 10.0**e for e in range(first, last + 1) for m in marks if low <= m * 10.0**e <= high]
+        if len(ticks) <= 9:
+            break
+    return {
+        "type": "log",
+        "range": [np.log10(low), np.log10(high)],
+        "tickvals": ticks,
+        "ticktext": [f"{t:g}" for t in ticks],
+        "minor": {"showgrid": False, "ticks": ""},
+    }
+
+
+def legend_below(fig: go.Figure, rows: int = 1) -> go.Figure:
+    """Put the legend under the plot (below the axis title), for legends too long for the title's row."""
+    height = fig.layout.height or 380
+    fig.update_layout(
+        legend={
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "y": 0,
+            "yref": "container",
+            "yanchor": "bottom",
+        },
+        margin={"b": 70 + 22 * rows},
+        height=height + 22 * rows,
+    )
+    return fig
 
 
 def smooth(values: Sequence[float], weight: float) -> np.ndarray:
@@ -266,7 +316,8 @@ def phase_timings(frame: pd.DataFrame) -> go.Figure:
     hover = "%{y}<br>{series}: %{x:.2f} s<extra></extra>"
     grouped_bars(fig, frame, "run", "seconds", by="phase", barmode="stack", horizontal=True, hover=hover)
     fig.update_layout(legend_traceorder="normal")
-    return fig
+    phases = frame["phase"].nunique()
+    return legend_below(fig, rows=1 + phases // 5)  # many phases: their own rows under the bars
 
 
 def metric_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str) -> go.Figure:
@@ -453,9 +504,13 @@ def freeze_curve(frame: pd.DataFrame, current: int) -> go.Figure:
             "overlaying": "y",
             "side": "right",
             "showgrid": False,
+            "rangemode": "tozero",
         },
-        margin={"l": 60, "r": 70, "t": 50, "b": 50},
+        margin={"l": 60, "r": 70, "t": 75, "b": 50},
     )
+    # counts of blocks: whole, non-negative ticks (never "-3" or "2.5")
+    fig.update_xaxes(range=[0, max(1, int(x.max()))], tickformat="d", dtick=max(1, int(x.max()) // 10 or 1))
+    fig.update_yaxes(rangemode="tozero")
     return fig
 
 
@@ -558,8 +613,8 @@ def format_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str, f
 def _legend_below_title(fig: go.Figure) -> go.Figure:
     """In a narrow column a right-hand legend runs into the title: give it its own row under it."""
     fig.update_layout(
-        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"},
-        margin={"t": 95},
+        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1.03, "yanchor": "bottom"},
+        margin={"t": 85},
         height=360,
     )
     return fig
@@ -594,9 +649,19 @@ def phase_times(frame: pd.DataFrame, backbone: str) -> go.Figure:
     fig = _figure(f"{backbone}: time per item", "Phase", "Milliseconds per item (log scale)", height=380)
     if frame.empty:
         return _empty(fig, "No timings for this backbone")
-    grouped_bars(fig, frame, "phase", "per_item_ms", by="setup")
-    fig.update_yaxes(type="log")
+    grouped_bars(fig, frame, "phase", "per_item_ms", by="setup", text=_ms_text)
+    fig.update_traces(cliponaxis=False, textfont_size=11)
+    fig.update_yaxes(**log_ticks(frame["per_item_ms"]))
     return fig
+
+
+def _ms_text(ms: float) -> str:
+    """A per-item time on its bar: '0.42 ms', '12 ms', '1.3 s'."""
+    if ms is None or not np.isfinite(ms):
+        return ""
+    if ms >= 1000:
+        return f"{ms / 1000:.2g} s"
+    return f"{ms:.2g} ms" if ms < 10 else f"{ms:.0f} ms"
 
 
 def phase_speedups(frame: pd.DataFrame) -> go.Figure:

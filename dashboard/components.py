@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -19,10 +20,11 @@ from streamlit.errors import StreamlitAPIException
 
 from dashboard import cache
 from engine import config
-from engine.data import uploads
+from engine.data import sources, uploads
 from engine.errors import InvalidArgument, LabError
 from engine.jobs import queue as jobs
-from engine.params import PERSON_NAME_MAX, person_name
+from engine.models import backbones
+from engine.params import PERSON_NAME_MAX, human_seconds, person_name
 
 log = logging.getLogger("classifier_lab.dashboard")
 
@@ -34,16 +36,39 @@ NAMED_SOURCES = {
 
 
 def source_options(named: bool = True) -> dict[str, str]:
-    """Dataset choices: this session's dataset (from Data), stored datasets, then named sources."""
+    """Dataset choices, the best default first: this session's dataset (from Data), the real datasets
+    stored here (flowers first, then other downloads and zips, then the user's uploads), the named
+    sources to fetch or generate, and stray generated demo sets last (see sources.by_preference)."""
     options: dict[str, str] = {}
     current = st.session_state.get("dataset_path")
     if current:
         options[current] = f"{Path(current).name} (chosen on Data)"
-    for label, folder in uploads.stored_datasets().items():
-        options.setdefault(str(folder), label)
+    stored = uploads.stored_datasets()
+    ranked = sources.by_preference(stored)
+    demos = [label for label in ranked if sources.is_demo_dataset(stored[label])]
+    for label in [label for label in ranked if label not in demos]:
+        options.setdefault(str(stored[label]), label)
     for key, label in NAMED_SOURCES.items() if named else ():
         options.setdefault(key, label)
+    for label in demos:
+        options.setdefault(str(stored[label]), label)
     return options
+
+
+def backbone_title(name: str) -> str:
+    """A backbone as people write it: 'MobileNet 0.25', 'MobileNet 0.50 160', 'EfficientNet B0'."""
+    backbone = backbones.get_backbone(name)
+    if backbone.family == "mobilenet_v1":  # the width multiplier as retrain.py spells it, size when not 224
+        alpha = name.split("_")[1]
+        return f"MobileNet {alpha}" + (f" {backbone.input_size}" if backbone.input_size != 224 else "")
+    title = re.sub(r"(V\d)(?=[A-Z])", r"\1 ", backbone.keras_class)  # MobileNetV3Small -> MobileNetV3 Small
+    return re.sub(r"(?<=[a-z])(B\d)$", r" \1", title)  # EfficientNetB0 -> EfficientNet B0
+
+
+def default_run_name(architecture: str, source: str, when: float | None = None) -> str:
+    """A run's default name by backbone, dataset and time: 'MobileNet 0.25 · flowers · 12-03 14:05'."""
+    stamp = time.strftime("%m-%d %H:%M", time.localtime(time.time() if when is None else when))
+    return f"{backbone_title(architecture)} · {sources.display_name(source)} · {stamp}"
 
 
 def followed_job(kind: str, session_key: str):
@@ -112,19 +137,13 @@ def _served() -> bool:
 
 def plot(fig, key: str | None = None) -> None:
     """Show a figure from dashboard.charts with its own template (not Streamlit's theme)."""
-    st.plotly_chart(fig, theme=None, key=key, config={"displaylogo": False})
+    # the toolbar only on hover, over the top margin's right end (titles and legends start on the left)
+    st.plotly_chart(fig, theme=None, key=key, config={"displaylogo": False, "displayModeBar": "hover"})
 
 
 def fmt_seconds(seconds: float | None) -> str:
-    """'1 h 02 min', '3 min 05 s', '12 s' or '—'."""
-    if seconds is None:
-        return "—"
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"
+    """A duration for people (engine.params.human_seconds, the one formatter of the lab)."""
+    return human_seconds(seconds)
 
 
 def job_header(job, title: str, key: str) -> bool:
@@ -144,9 +163,11 @@ def job_progress(job) -> None:
     """A progress bar with the phase, counts and ETA of a job (engine.jobs.queue.Job)."""
     phase = PHASE_NAMES.get(job.phase, job.phase.replace("_", " ").capitalize())
     parts = [phase]
-    if job.total:
-        parts.append(f"{int(job.done):,} / {int(job.total):,}")
     extra = job.extra or {}
+    if job.total and extra.get("units") == "work":  # weighted work units (timing lab): a share means more
+        parts.append(f"{job.fraction:.0%}")
+    elif job.total:
+        parts.append(f"{int(job.done):,} / {int(job.total):,}")
     if job.phase == "extract" and "hits" in extra:
         parts.append(f"cache hits {extra.get('hits', 0):,}, misses {extra.get('misses', 0):,}")
     if job.eta_seconds is not None and job.active:
@@ -181,7 +202,21 @@ def _active_jobs() -> None:
         phase = PHASE_NAMES.get(job.phase, job.phase)
         phase = f"waiting, {places[job.id]} in line" if job.id in places else phase
         st.progress(job.fraction, text=f"{name}: {phase}")
-    page_link("dashboard/train.py", "Follow on Train", ":material/monitoring:")
+    for kind in dict.fromkeys(job.kind for job in active):  # one link per kind, to the page that follows it
+        if kind in JOB_PAGES:
+            file, title = JOB_PAGES[kind]
+            page_link(file, f"Follow on {title}", ":material/monitoring:")
+
+
+# job kind -> the page that starts and follows it (file, title as in the router's PAGES)
+JOB_PAGES = {
+    "retrain": ("dashboard/train.py", "Train"),
+    "experiment": ("dashboard/experiments.py", "Experiments"),
+    "convert": ("dashboard/convert.py", "Convert & compare"),
+    "timing": ("dashboard/timing.py", "CPU vs GPU"),
+    "classify_batch": ("dashboard/classify.py", "Classify"),
+    "health": ("dashboard/data.py", "Data"),
+}
 
 
 def page_link(file: str, label: str, icon: str | None = None) -> None:

@@ -16,6 +16,7 @@ from dashboard.components import (
 from engine.export import compare, convert, package
 from engine.export.runtimes import FORMATS
 from engine.jobs import queue as jobs
+from engine.params import human_seconds
 
 POLL_SECONDS = 1.0
 FORMAT_HELP = {
@@ -79,7 +80,7 @@ def exports_panel(run_id: str) -> None:
             cols = st.columns([2, 1, 1, 2], vertical_alignment="center")
             cols[0].markdown(f"`{fmt}` · {FORMAT_HELP.get(fmt, '')}")
             cols[1].markdown(f"{m['size_bytes'] / 1e6:.2f} MB")
-            cols[2].markdown(f"{m.get('seconds', 0):.1f} s")
+            cols[2].markdown(human_seconds(m.get("seconds")), help="time to convert")
             if fmt not in package.PACKAGE_FORMATS:
                 continue  # TensorRT engines are built for one GPU: download the ONNX file instead
             file_name = package.package_name(run_id, fmt)
@@ -96,12 +97,20 @@ def exports_panel(run_id: str) -> None:
             )
 
 
-def comparison_panel(run_id: str) -> None:
+def comparison_panel(run_id: str, measuring: bool = False) -> None:
+    """The comparison of `run_id`'s formats; `measuring`: a job is measuring them right now."""
+    if measuring:
+        st.info(
+            "Measuring the formats now: the comparison appears here when the job finishes.",
+            icon=":material/progress_activity:",
+        )
     report = compare.load_comparison(run_id, store=cache.store())
     if report is None:
-        st.info(
-            "No comparison yet: start a conversion with “Measure on the test split”.", icon=":material/info:"
-        )
+        if not measuring:
+            st.info(
+                "No comparison yet: start a conversion with “Measure on the test split”.",
+                icon=":material/info:",
+            )
         return
     rows = pd.DataFrame([r for r in report["rows"] if r["status"] == "ok"])
     missing = [r for r in report["rows"] if r["status"] != "ok"]
@@ -196,6 +205,7 @@ with form, st.container(border=True):
         trt_panel()
 
 with view:
+    job = None
     with guard("Following the job"):
         job = followed_job("convert", "convert_job")
         if job is not None and job.active:
@@ -204,5 +214,8 @@ with view:
             st.error(job.error or f"The conversion {job.status}.", icon=":material/error:")
     exports_panel(run_id)
     st.divider()
+    measuring = bool(
+        job is not None and job.active and job.params.get("run_id") == run_id and job.params.get("compare")
+    )
     with guard("Reading the comparison"):
-        comparison_panel(run_id)
+        comparison_panel(run_id, measuring=measuring)

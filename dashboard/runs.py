@@ -65,7 +65,7 @@ def report_bytes(run_id: str) -> bytes:
 
 
 def history(run) -> pd.DataFrame:
-    frame = pd.DataFrame(cache.store().get_history(run.id))
+    frame = pd.DataFrame(cache.store().get_history(run.id, phase="train"))  # the head's curves
     if frame.empty:
         return frame
     frame["run"] = short_label(run)
@@ -277,12 +277,15 @@ with tabs[2]:
             st.caption(f"true **{item['true']}** → {item['predicted']} ({item['probability']:.0%})")
 with tabs[3]:
     hist = history(run)
-    smooth_one = st.slider("Smoothing", 0.0, 0.99, 0.0, step=0.01, key="detail_smoothing")
-    left, right = st.columns(2)
-    with left:
-        plot(charts.training_curves(hist, "accuracy", smooth_one), key="detail_acc")
-    with right:
-        plot(charts.training_curves(hist, "cross_entropy", smooth_one), key="detail_xent")
+    if hist.empty and run.status != "running":  # an ended run without history: say so, no empty charts
+        st.caption(f"No training history: the run {run.status} before its first evaluation.")
+    else:
+        smooth_one = st.slider("Smoothing", 0.0, 0.99, 0.0, step=0.01, key="detail_smoothing")
+        left, right = st.columns(2)
+        with left:
+            plot(charts.training_curves(hist, "accuracy", smooth_one), key="detail_acc")
+        with right:
+            plot(charts.training_curves(hist, "cross_entropy", smooth_one), key="detail_xent")
 with tabs[4]:
     left, right = st.columns(2)
     left.markdown("**Config**")

@@ -121,6 +121,7 @@ with st.sidebar, st.expander("Import a classmate's timings", icon=":material/upl
             st.success(f"Imported “{report['label']}” ({len(report['timings'])} timings)")
 
 with view:
+    job = None
     with guard("Following the job"):
         job = followed_job("timing", "timing_job")
         if job is not None and job.active:
@@ -128,8 +129,13 @@ with view:
         elif job is not None and job.status != "finished":
             st.error(job.error or f"The timing lab {job.status}.", icon=":material/error:")
     reports = lab.list_timings()
+    timing_now = job is not None and job.active
+    if timing_now:
+        where = "the first timings appear here" if not reports else "its report joins the list below"
+        st.info(f"Timing now: {where} when the lab finishes.", icon=":material/timer:")
     if not reports:
-        st.info("No timings yet: start the lab, or import a classmate's file.", icon=":material/info:")
+        if not timing_now:
+            st.info("No timings yet: start the lab, or import a classmate's file.", icon=":material/info:")
         st.stop()
     titles = {r["id"]: f"{r['label']} · {r['id']}" for r in reports}
     default = [reports[0]["id"]] + [r["id"] for r in reports[1:] if r.get("origin") == "imported"][:2]

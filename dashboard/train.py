@@ -9,6 +9,7 @@ from dashboard import cache, charts
 from dashboard.components import (
     STATUS_ICONS,
     current_author,
+    default_run_name,
     fmt_seconds,
     guard,
     job_header,
@@ -50,22 +51,50 @@ def watched_job_id() -> str | None:
     return chosen
 
 
-def history_frame(run_id: str | None) -> pd.DataFrame:
+def history_frame(run_id: str | None, phase: str = "train") -> pd.DataFrame:
+    """The run's history rows of one phase ("train": the head; "fine_tune": end to end)."""
     if not run_id:
         return pd.DataFrame()
     frame = pd.DataFrame(cache.store().get_history(run_id))
     if not frame.empty and "phase" in frame:
-        frame = frame[frame["phase"] == "train"]
+        frame = frame[frame["phase"] == phase]
     return frame
 
 
-def curves(run_id: str | None, key: str) -> None:
-    history = history_frame(run_id)
-    left, right = st.columns(2)
-    with left:
-        plot(charts.training_curves(history, "accuracy"), key=f"{key}_acc")
-    with right:
-        plot(charts.training_curves(history, "cross_entropy"), key=f"{key}_xent")
+def curves(run_id: str | None, key: str, waiting: bool = True) -> None:
+    """Accuracy and cross-entropy of the head and, once it has rows, of the fine-tuning.
+
+    With `waiting` False (a run that has ended) nothing is drawn where there is no history.
+    """
+    for phase, title in (("train", None), ("fine_tune", "Fine-tuning (steps count from its start)")):
+        history = history_frame(run_id, phase)
+        if history.empty and (phase == "fine_tune" or not waiting):
+            continue
+        if title:
+            st.markdown(f"**{title}**")
+        left, right = st.columns(2)
+        with left:
+            plot(charts.training_curves(history, "accuracy"), key=f"{key}_{phase}_acc")
+        with right:
+            plot(charts.training_curves(history, "cross_entropy"), key=f"{key}_{phase}_xent")
+
+
+def failure(job) -> None:
+    """Why a run stopped, and what to try instead (no empty charts, no compare prompt)."""
+    error = job.error or f"The job {job.status}."
+    st.error(error, icon=":material/error:")
+    steps = ["Fix what the message names, then press **Start training** again."]
+    if "weights" in error.lower():
+        steps.append("Or choose **Random** weights: they need no download (accuracy will be lower).")
+    if "network" in error.lower() or "offline" in error.lower() or "download" in error.lower():
+        steps.append("Offline, use a dataset already on this machine (Data page) or the generated demo set.")
+    if job.status == "interrupted":
+        steps = ["The worker stopped without finishing (the lab was restarted?): start the run again."]
+    st.markdown("\n".join(f"- {step}" for step in steps))
+    log = jobs.job_log(job.id, store=cache.store())
+    if log.strip():
+        with st.expander("The worker's log"):
+            st.code(log[-4000:], language=None)
 
 
 @st.fragment(run_every=POLL_SECONDS)
@@ -88,10 +117,11 @@ def results(job_id: str) -> None:
     job = jobs.get_job(job_id, store=cache.store())
     name = job.params.get("name") or job.params.get("architecture", "")
     st.markdown(f"{STATUS_ICONS.get(job.status, '')} **{name}** · job `{job.id}` · {job.status}")
+    if job.status in ("failed", "interrupted"):
+        failure(job)
+        return
     if job.status == "cancelled":
         st.warning(job.error or "The run was cancelled.", icon=":material/cancel:")
-    elif job.status in ("failed", "interrupted"):
-        st.error(job.error or f"The job {job.status}.", icon=":material/error:")
     if not job.run_id:
         return
     run = cache.store().get_run(job.run_id)
@@ -109,12 +139,12 @@ def results(job_id: str) -> None:
         val = final.get("validation_accuracy")
         m[1].metric("Validation accuracy", f"{val:.1%}" if val is not None else "—")
         m[2].metric(
-            "Bottleneck cache hits",
+            "Cache hits",
             f"{cache_stats.get('hits', 0)} of {cache_stats.get('hits', 0) + cache_stats.get('misses', 0)}",
-            help="bottlenecks reused from the cache / images in the dataset",
+            help="Bottleneck cache: feature vectors reused from earlier runs / images in the dataset",
         )
-        m[3].metric("Wall time", fmt_seconds(run.duration))
-    curves(run.id, "done")
+        m[3].metric("Time", fmt_seconds(run.duration), help="Wall time of the whole run")
+    curves(run.id, "done", waiting=False)
     if res.get("per_class_accuracy"):
         left, right = st.columns(2)
         frame = pd.DataFrame(
@@ -129,7 +159,8 @@ def results(job_id: str) -> None:
             )
     if res.get("fine_tune"):
         st.info(res["fine_tune"]["note"], icon=":material/info:")
-    page_link("dashboard/runs.py", "Compare it with other runs", ":material/table_chart:")
+    if run.status == "finished":
+        page_link("dashboard/runs.py", "Compare it with other runs", ":material/table_chart:")
 
 
 st.title(":material/model_training: Train")
@@ -185,11 +216,20 @@ with form_col, st.container(border=True):
         random_scale = st.slider("Distort: random scale %", 0, 50, TRAIN.random_scale)
         random_brightness = st.slider("Distort: random brightness %", 0, 50, TRAIN.random_brightness)
     # a fixed placeholder: a changing one would make Streamlit treat it as a new, empty widget
-    name = st.text_input("Run name (optional)", placeholder="default: <backbone> lr=<rate>", key="train_name")
+    name = st.text_input(
+        "Run name (optional)", placeholder="default: backbone · dataset · time", key="train_name"
+    )
+    default_name = default_run_name(architecture, source)
+    if not name.strip():
+        st.caption(f"Empty: the run is named **{default_name}**.")
     if weights == "imagenet" and not backbones.weights_cached(architecture):
-        st.caption(
-            f":material/cloud_download: ImageNet weights for {architecture} are not cached here; "
-            "the run downloads them (needs the network)."
+        path = backbones.weights_path(architecture)
+        st.warning(
+            f"ImageNet weights for **{architecture}** are not cached: `{path.name}` belongs in "
+            f"`{path.parent}`. "
+            "The run downloads it first, which needs the network; offline, copy the file there or choose "
+            "**Random** weights.",
+            icon=":material/cloud_download:",
         )
     submitted = st.button("Start training", type="primary", icon=":material/play_arrow:")
 
@@ -217,7 +257,7 @@ with watch_col:
                         random_scale=random_scale,
                         random_brightness=random_brightness,
                     ),
-                    name=name.strip() or None,
+                    name=name.strip() or default_name,
                     author=current_author(),  # the sidebar's "Your name"
                 )
             )

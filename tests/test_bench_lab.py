@@ -195,6 +195,14 @@ def test_a_tiny_lab_run_on_this_cpu():
     assert report["machine"]["cpu_model"] and report["machine"]["tensorflow_version"]
     assert lab.load_timings(report["id"])["origin"] == "measured"
     assert events[-1]["phase"] == "bench" and events[-1]["done"] == events[-1]["total"]
+    # the bar moves inside a backbone's timing, not once per backbone and device
+    work = [e for e in events if e["total"]]
+    assert all(e["units"] == "work" for e in work)
+    dones = [e["done"] for e in work]
+    assert dones == sorted(dones) and len(set(dones)) >= 10
+    said = " ".join(e["message"] for e in events)
+    for step in ("building", "tracing", "extracting", "training a head", "single-image", "batches of"):
+        assert step in said
     if not report["machine"]["gpus"]:
         with pytest.raises(InvalidArgument, match="no GPU"):
             lab.run_lab(["mobilenet_0.25_128"], devices=["gpu"])
@@ -207,3 +215,11 @@ def test_gpu_timings_where_a_gpu_exists():
     report = lab.run_lab(["mobilenet_0.25_128"], images=8, batch_size=8, single_runs=5, train_steps=20)
     assert any(r["device"] == "gpu" for r in report["timings"])
     assert all(r["speedup"] for r in lab.speedups(report) if r["phase"] != "decode")
+
+
+def test_lab_progress_weights_follow_the_measured_costs():
+    """The work estimate reproduces the 2-core CPU measurement: InceptionV3 (5.7 GMACs) took ~10x the
+    seconds of MobileNet 0.25 (0.04 GMACs) with the lab's defaults (128 s against 12 s)."""
+    small = sum(lab._device_units(0.041, 32, 32, 20, 200).values())
+    large = sum(lab._device_units(5.71, 32, 32, 20, 200).values())
+    assert 8 < small < 16 and 100 < large < 160

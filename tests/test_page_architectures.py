@@ -53,6 +53,22 @@ def test_freezing_slider_and_train_handoff():
     at.button(key="arch_use_on_train").click().run()
     assert at.session_state["train_fine_tune_layers"] == 2  # conv_dw_13 + conv_pw_13
     assert at.session_state["train_architecture"] == "mobilenet_1.0_224"
+    # the head's classes and the batch come from freeze_plan's defaults, not copies of them
+    from engine.models import explain
+
+    plan = explain.freeze_plan("mobilenet_1.0_224")
+    assert at.number_input(key="arch_freeze_batch").value == plan.batch_size
+    assert at.number_input(key="arch_freeze_classes").value == plan.trainable_params // 1025  # 1024·C + C
+
+
+def test_handoff_says_when_the_weights_are_not_cached(tmp_path, monkeypatch):
+    from engine.models import backbones
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    name = backbones.weights_path("mobilenet_1.0_224").name
+    assert any(name in c.value and "not cached" in c.value for c in at.caption)
 
 
 def test_layer_search_and_empty_selection():

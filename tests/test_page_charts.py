@@ -120,3 +120,59 @@ def test_inception_module_diagram_lays_out_branches_side_by_side():
     assert len(boxes) == 2 + 4  # input, concat and one box per step
     split = sorted((s.x0 + s.x1) / 2 for s in boxes if abs((s.y0 + s.y1) / 2 + 2) < 1e-9)
     assert len(split) == 2 and split[0] < split[1]  # the 1×3 ‖ 3×1 split sits side by side one row down
+
+
+def test_titles_and_legends_start_left_clear_of_the_toolbar():
+    fig = charts.format_latency(
+        pd.DataFrame({"format": ["keras"], "latency_p50_ms": [3.0], "latency_p95_ms": [4.0]})
+    )
+    layout = fig.layout
+    template = layout.template.layout
+    # the toolbar sits at the top right: titles and legends start at the left, the title pinned on top
+    assert (template.title.x, template.title.xanchor, template.title.yref) == (0, "left", "container")
+    assert (template.legend.x, template.legend.xanchor) == (0, "left")
+    assert layout.legend.yanchor == "bottom" and layout.legend.y > 1  # its own row above the plot
+    assert layout.margin.t >= 85  # room for the title and the legend's row, which no longer touch
+
+
+def test_cpu_vs_gpu_times_have_values_on_bars_and_clean_log_ticks():
+    frame = pd.DataFrame(
+        {
+            "phase": ["Decode", "Bottleneck extraction", "Decode", "Bottleneck extraction"],
+            "setup": ["laptop · CPU", "laptop · CPU", "Sam · GPU", "Sam · GPU"],
+            "per_item_ms": [3.1, 450.0, 3.0, 0.42],
+        }
+    )
+    fig = charts.phase_times(frame, "inception_v3")
+    assert list(fig.data[0].text) == ["3.1 ms", "450 ms"] and list(fig.data[1].text) == ["3 ms", "0.42 ms"]
+    axis = fig.layout.yaxis
+    assert axis.type == "log" and axis.minor.ticks == ""
+    assert list(axis.ticktext) == [f"{t:g}" for t in axis.tickvals]  # 0.5, 1, 2, 5 ... no "2×10⁻¹"
+    assert 3 <= len(axis.tickvals) <= 9 and min(axis.tickvals) < 1 and max(axis.tickvals) >= 100
+
+
+def test_time_per_phase_legend_sits_below_the_bars():
+    frame = pd.DataFrame(
+        {
+            "run": ["a"] * 6,
+            "phase": ["scan", "weights", "extract", "train", "evaluate", "save"],
+            "seconds": [1, 2, 3, 4, 5, 6],
+        }
+    )
+    fig = charts.phase_timings(frame)
+    legend = fig.layout.legend
+    assert (legend.yref, legend.y, legend.yanchor) == ("container", 0, "bottom")
+    assert fig.layout.margin.b >= 70 + 22  # the legend's rows get their own room under the axis title
+
+
+def test_freezing_chart_ticks_are_whole_and_never_negative():
+    frame = pd.DataFrame(
+        {
+            "unfrozen blocks": [0, 1, 2, 3],
+            "trainable params": [5e3, 1e5, 3e5, 9e5],
+            "step MACs per image": [5e3, 2e6, 6e6, 9e6],
+        }
+    )
+    fig = charts.freeze_curve(frame, 1)
+    assert list(fig.layout.xaxis.range) == [0, 3] and fig.layout.xaxis.tickformat == "d"
+    assert fig.layout.yaxis.rangemode == "tozero" and fig.layout.yaxis2.rangemode == "tozero"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,26 @@ def test_timing_page_empty_then_with_imported_timings():
     text = _texts(at)
     assert "Sam's GPU" in text and "fixed costs" in text
     assert any("RTX 3060" in str(df.value) for df in at.dataframe)
+
+
+def test_status_text_follows_a_running_job():
+    """While a job measures or times, the page says so instead of "No comparison/timings yet"."""
+    store = RunStore()
+    run = store.create_run({"source": "demo", "architecture": "mobilenet_0.25_128"}, name="page run")
+    store.finish_run(run.id, {})
+    job = store.create_job("convert", {"run_id": run.id, "formats": ["tflite-fp32"], "compare": True})
+    store.set_job_worker(job.id, os.getpid())  # "its worker" is alive: the job stays active
+    at = AppTest.from_file(str(PAGES / "convert.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception  # (its exports panel says the run has no model.keras)
+    text = _texts(at)
+    assert "Measuring the formats now" in text and "No comparison yet" not in text
+
+    at = AppTest.from_file(str(PAGES / "timing.py"), default_timeout=TIMEOUT).run()
+    _ok(at)
+    assert "No timings yet" in _texts(at)  # no timing job: the empty state
+    job = store.create_job("timing", {"backbone_names": ["mobilenet_0.25_128"]})
+    store.set_job_worker(job.id, os.getpid())
+    at = AppTest.from_file(str(PAGES / "timing.py"), default_timeout=TIMEOUT).run()
+    _ok(at)
+    text = _texts(at)
+    assert "Timing now" in text and "No timings yet" not in text

@@ -7,6 +7,7 @@ temporary LAB_HOME of the autouse `lab_home` fixture. Runs are made through the 
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 import zipfile
@@ -217,9 +218,13 @@ def test_train_form_defaults_are_a_runs_defaults(demo_dir, monkeypatch):
     at = app("train").run()
     at.session_state["dataset_path"] = str(demo_dir)
     at.run()
+    assert any("the run is named **MobileNet 0.25 · demo · " in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Start training").click().run()
     assert not at.exception
-    assert started == [asdict(RunConfig(source=str(demo_dir)))]
+    (params,) = started
+    # an empty name field: named by backbone, dataset and time (never just "lr=...")
+    assert re.fullmatch(r"MobileNet 0\.25 · demo · \d\d-\d\d \d\d:\d\d", params["name"]), params["name"]
+    assert params == asdict(RunConfig(source=str(demo_dir), name=params["name"]))
 
 
 def test_train_refresh_finds_the_running_job(demo_dir):
@@ -257,6 +262,95 @@ def test_train_takes_the_architectures_page_handoff():
     ok(at.run())
     assert next(s for s in at.selectbox if s.label == "Backbone").value == "inception_v3"
     assert next(n for n in at.number_input if n.label.startswith("Fine-tune: unfreeze")).value == 3
+
+
+def _class_folders(root: Path, classes=("cats", "dogs"), per_class: int = 2) -> Path:
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (root / name / f"{i}.jpg").write_bytes(jpeg((40 * i, 90, 160)))
+    return root
+
+
+def _dataset_box(at: AppTest):
+    return next(s for s in at.selectbox if s.label == "Dataset")
+
+
+def test_new_tabs_default_to_real_data_never_a_stray_demo_set():
+    """A demo set an earlier (failed) run generated is offered last; uploads, then flowers, come first."""
+    from engine import config
+    from engine.data import sources
+
+    stray = sources.make_demo_dataset(num_classes=2, per_class=2, size=16, seed=7)
+    mine = _class_folders(config.uploads_dir() / "my-photos")
+    at = ok(app("train").run())
+    assert _dataset_box(at).value == str(mine)
+    assert _dataset_box(at).options[-1].startswith(stray.name)  # still there, at the end
+    flowers = _class_folders(config.datasets_dir() / sources.FLOWERS_DIR, ("daisy", "roses"))
+    for page in ("train", "experiments"):
+        at = ok(app(page).run())
+        assert _dataset_box(at).value == str(flowers), page
+    assert sources.by_preference({"z": stray, "uploads/my-photos": mine, "flower_photos": flowers}) == [
+        "flower_photos",
+        "uploads/my-photos",
+        "z",
+    ]
+    assert [sources.display_name(p) for p in (flowers, stray, mine, "beans")] == [
+        "flowers",
+        "demo",
+        "my-photos",
+        "beans",
+    ]
+
+
+def test_train_says_before_the_click_that_weights_are_missing(monkeypatch, tmp_path):
+    from engine.models import backbones
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    at = app("train")
+    at.session_state["train_architecture"] = "inception_v3"  # the Architectures page's hand-off
+    ok(at.run())
+    path = backbones.weights_path("inception_v3")
+    warning = " ".join(w.value for w in at.warning)
+    assert path.name in warning and str(path.parent) in warning and "Random" in warning
+    at.radio[0].set_value("random").run()
+    assert not any(path.name in w.value for w in at.warning)  # random weights need no file
+
+
+def test_a_failed_run_shows_its_error_and_what_to_do_not_empty_charts():
+    store = RunStore()
+    run = store.create_run({"source": "demo", "architecture": "inception_v3"}, name="broken")
+    error = "ImageNet weights for inception_v3 are not cached: expected x.h5 in /k/models"
+    store.finish_run(run.id, {}, status="failed", error=error)
+    job = store.create_job("retrain", {"name": "broken"})
+    store.finish_job(job.id, "failed", result={"run_id": run.id}, error=error)
+    at = app("train").run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [error]
+    text = " ".join(m.value for m in at.markdown)
+    assert "Fix what the message names" in text and "**Random** weights" in text  # what to do instead
+    assert "Compare it with other runs" not in text
+    assert not at.get("plotly_chart")  # no "Waiting for the first evaluation…" charts
+    at = app("runs").run()
+    assert not at.exception
+    assert any("before its first evaluation" in c.value for c in at.caption)
+
+
+def test_sidebar_links_each_job_to_the_page_that_follows_it():
+    def sidebar_jobs():
+        from dashboard.components import _active_jobs
+
+        _active_jobs()
+
+    store = RunStore()
+    for kind in ("timing", "convert"):
+        job = store.create_job(kind, {"name": kind})
+        store.set_job_worker(job.id, os.getpid())  # "its worker" is alive: active, and none is started
+    at = AppTest.from_function(sidebar_jobs, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "Follow on CPU vs GPU" in text and "Follow on Convert & compare" in text
+    assert "Follow on Train" not in text
 
 
 # -- Runs and Classify with a real run -------------------------------------------------------------------

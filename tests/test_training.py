@@ -334,12 +334,17 @@ def test_fine_tune_trains_top_layers_and_streams_rows(feature_model):
     assert result.bypasses_cache and "bypasses the bottleneck cache" in result.note
     assert result.unfrozen_layers == ["conv_dw_13", "conv_pw_13"]
     assert result.trainable_params == 3 * 3 * 256 + 256 * 256 + 256 * CLASSES + CLASSES
-    assert [row["step"] for row in result.history] == [2, 3]
+    # a row after the first step (the curves start at once), then every eval_interval and at the end
+    assert [row["step"] for row in result.history] == [1, 2, 3]
     assert all(tuple(row) == HISTORY_KEYS for row in result.history)
     assert all(row["validation_accuracy"] is not None for row in result.history)
     rows = [e for e in events if "row" in e]
-    assert [e["phase"] for e in events] == ["fine_tune"] * 3 and len(rows) == 2
+    assert {e["phase"] for e in events} == {"fine_tune"} and len(rows) == 3
     assert "bottleneck cache" in events[0]["message"]
+    # the seconds before the first step (pipeline, graph compilation) are said, not silent at 0 / N
+    first_said = [e["message"] for e in events if e["done"] == 0]
+    assert any("pipeline" in m for m in first_said) and any("Compiling" in m for m in first_said)
+    assert [e["done"] for e in events if e["done"]] == [1, 2, 3]  # every step reports
     model, history = result
     assert history is result.history
     assert model(np.zeros((2, 128, 128, 3), np.float32)).shape == (2, CLASSES)
@@ -392,7 +397,7 @@ def test_fine_tune_reads_a_scanned_dataset(tmp_path, feature_model):
     data = Dataset("tiny", str(tmp_path), ["a", "b", "c"], records)
     head = random_head(feature_model.output.shape[-1])
     model, history = fine_tune(data, BACKBONE, "random", ft_config(), head, feature_model=feature_model)
-    assert len(history) == 2 and history[-1]["validation_accuracy"] is not None
+    assert len(history) == 3 and history[-1]["validation_accuracy"] is not None
 
 
 def test_fine_tune_refuses_bad_arguments(feature_model):

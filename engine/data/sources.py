@@ -163,6 +163,7 @@ def download_beans(progress: ProgressFn | None = None, cancel: CancelFn | None =
         return install_dir(tmp, final, replace=False)
 
 
+DEMO_MANIFEST = ".demo.json"  # written into every generated demo set: how it was made
 # The demo set: classes differ in colour AND shape, so even random-weight features separate them.
 _DEMO_CLASSES = (
     ("red_circle", (220, 40, 40)),
@@ -241,7 +242,7 @@ def make_demo_dataset(
     if dest is None:
         dest = config.datasets_dir() / f"demo-{num_classes}c-{per_class}x{size}px-s{seed}"
     final = Path(dest).expanduser()
-    manifest = ".demo.json"
+    manifest = DEMO_MANIFEST
     if (final / manifest).is_file():
         if json.loads((final / manifest).read_text()) == params:
             return final
@@ -257,3 +258,42 @@ def make_demo_dataset(
                 img.save(tmp / label / f"{label}_{i:04d}.jpg", quality=92)
         (tmp / manifest).write_text(json.dumps(params))
         return install_dir(tmp, final, replace=True)
+
+
+def is_demo_dataset(folder: str | Path) -> bool:
+    """Whether `folder` is a demo set this lab generated (it holds the generator's manifest)."""
+    return (Path(folder) / DEMO_MANIFEST).is_file()
+
+
+def by_preference(stored: dict[str, Path]) -> list[str]:
+    """The labels of stored datasets (uploads.stored_datasets()), the best default for a page first.
+
+    A newcomer's page should open on a real dataset, never on a demo set some earlier run generated:
+    flower_photos, then beans, then other datasets (zips, folders), then the user's uploads, and
+    generated demo sets last. The order within each group is kept.
+    """
+
+    def rank(label: str) -> int:
+        folder = Path(stored[label])
+        if is_demo_dataset(folder):
+            return 4
+        if label.startswith("uploads/"):
+            return 3
+        return {FLOWERS_DIR: 0, BEANS_DIR: 1}.get(folder.name, 2)
+
+    return sorted(stored, key=rank)
+
+
+def display_name(source: str | Path) -> str:
+    """A dataset source as a run's name says it: 'flowers', 'beans', 'demo' or the folder's name."""
+    text = str(source)
+    if text in ("flowers", "beans", "demo"):
+        return text
+    folder = Path(text)
+    if folder.name == FLOWERS_DIR:
+        return "flowers"
+    if folder.name == BEANS_DIR:
+        return "beans"
+    if is_demo_dataset(folder):
+        return "demo"
+    return folder.name or text

@@ -85,7 +85,67 @@ def _forward_fn(model, size: int):
     return tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
 
-def _device_phases(name, device, pixels, batch, single_runs, train_steps, cancel) -> list[dict[str, Any]]:
+# Progress is counted in estimated seconds, so the bar moves inside a slow backbone and the ETA (the
+# worker's: units left x seconds per unit so far) holds from the first backbone to the last. The costs
+# were fitted on a 2-core CPU (MobileNet 0.25 and InceptionV3 with the lab's defaults: 12 s and 128 s,
+# predicted 10.5 s and 136 s); on a faster machine every step shrinks and the shares stay close. A step's
+# cost grows with the backbone's GMACs (multiply-accumulates per image, in billions).
+_S_DECODE = 0.005  # one image decoded and resized
+_S_IMAGE, _S_IMAGE_PER_GMAC = 0.015, 0.09  # one image through a batched forward pass
+_S_CALL, _S_CALL_PER_GMAC = 0.01, 0.045  # one single-image call
+_S_BUILD, _S_BUILD_PER_GMAC = 1.0, 1.0  # building a backbone (random weights) and its classifier
+_S_TRACE, _S_TRACE_PER_GMAC = 1.4, 1.5  # tracing a model's first call (the extractor, then the classifier)
+_S_TRAIN, _S_TRAIN_STEP = 1.5, 0.005  # head training: tracing, then each step on cached vectors
+
+
+class _Work:
+    """The lab's progress in estimated seconds (see _S_*); emits phase "bench" events with units="work"."""
+
+    def __init__(self, progress: ProgressFn | None, total: float) -> None:
+        self.progress, self.total, self.done = progress, total, 0.0
+        self.message = ""
+
+    def begin(self, message: str, **extra: Any) -> None:
+        """Say what starts now (the bar stays where it is)."""
+        self.message = message
+        self._emit(**extra)
+
+    def add(self, units: float, **extra: Any) -> None:
+        """Count `units` of work as done."""
+        self.done = min(self.total, self.done + units)
+        self._emit(**extra)
+
+    def _emit(self, **extra: Any) -> None:
+        done, total = int(round(self.done * 100)), int(round(self.total * 100))
+        emit(self.progress, "bench", done, total, self.message, units="work", **extra)
+
+
+def _gmacs(name: str) -> float:
+    """Multiply-accumulates of one forward pass of `name`, in G (counted once, then cached on disk)."""
+    from engine.models import architecture
+
+    return architecture.analyze(name).macs / 1e9
+
+
+def _device_units(gmacs: float, images: int, batch: int, single_runs: int, steps: int) -> dict[str, float]:
+    """The estimated seconds of each step of `_device_phases` for one backbone on one device."""
+    image = _S_IMAGE + _S_IMAGE_PER_GMAC * gmacs
+    trace = _S_TRACE + _S_TRACE_PER_GMAC * gmacs
+    return {
+        "build": _S_BUILD + _S_BUILD_PER_GMAC * gmacs,
+        "trace": trace + image,
+        "warm": batch * image,
+        "extract": images * image,
+        "train": _S_TRAIN + (10 + steps) * _S_TRAIN_STEP,
+        "single_trace": trace,
+        "single": (3 + single_runs) * (_S_CALL + _S_CALL_PER_GMAC * gmacs),
+        "batch": 4 * batch * image,
+    }
+
+
+def _device_phases(
+    name, device, pixels, batch, single_runs, train_steps, cancel, work: _Work | None = None, units=None
+) -> list[dict[str, Any]]:
     """extract, train, single and batch timings of one backbone on one device."""
     import keras
     import tensorflow as tf
@@ -94,17 +154,33 @@ def _device_phases(name, device, pixels, batch, single_runs, train_steps, cancel
     from engine.training.head import train_head
 
     size, dim = pixels.shape[1], backbones.get_backbone(name).feature_dim
+    work = work or _Work(None, 1.0)
+    units = units or _device_units(0.0, len(pixels), batch, single_runs, train_steps)
+    where = f"{name} on the {device.upper()}"
     rows = []
     with tf.device(f"/{device.upper()}:0"):
+        work.begin(f"{where}: building the model", device=device)
         extractor = backbones.build_feature_extractor(name, weights="random", seed=0)
         head = keras.layers.Dense(5, activation="softmax", name="head")
         classifier = keras.Model(extractor.input, head(extractor.output))
         extract, classify = _forward_fn(extractor, size), _forward_fn(classifier, size)
-        first = _timed(lambda: extract(pixels[:batch]).numpy())  # tracing and graph set-up
-        chunks = [pixels[i : i + batch] for i in range(0, len(pixels), batch)]
-        seconds = _timed(lambda: [extract(c).numpy() for c in chunks])
-        rows.append(_row(name, "extract", device, seconds, len(pixels), batch_size=batch, first_call_s=first))
+        work.add(units["build"])
         check_cancel(cancel)
+        work.begin(f"{where}: tracing the first call")
+        first = _timed(lambda: extract(pixels[:1]).numpy())  # tracing and graph set-up, one image
+        work.add(units["trace"])
+        work.begin(f"{where}: a first batch of {batch} (warm-up, not timed)")
+        extract(pixels[:batch]).numpy()
+        work.add(units["warm"])
+        chunks = [pixels[i : i + batch] for i in range(0, len(pixels), batch)]
+        work.begin(f"{where}: extracting bottlenecks of {len(pixels)} images")
+        seconds = 0.0
+        for chunk in chunks:  # timed chunk by chunk, so the bar moves (a chunk is one batch)
+            seconds += _timed(lambda chunk=chunk: extract(chunk).numpy())
+            work.add(units["extract"] * len(chunk) / len(pixels))
+            check_cancel(cancel)
+        rows.append(_row(name, "extract", device, seconds, len(pixels), batch_size=batch, first_call_s=first))
+        work.begin(f"{where}: training a head for {train_steps} steps")
         rng = np.random.default_rng(0)
         x = rng.normal(size=(400, dim)).astype(np.float32)
         y = rng.integers(0, 5, 400).astype(np.int32)
@@ -113,18 +189,30 @@ def _device_phases(name, device, pixels, batch, single_runs, train_steps, cancel
         train_head(x[:300], y[:300], x[300:], y[300:], 5, warm)
         seconds = _timed(lambda: train_head(x[:300], y[:300], x[300:], y[300:], 5, cfg))
         rows.append(_row(name, "train", device, seconds, train_steps, batch_size=100, eval_interval=10))
+        work.add(units["train"])
         check_cancel(cancel)
+        work.begin(f"{where}: {single_runs} single-image calls")
         one = pixels[:1]
-        for _ in range(3):
+        for _ in range(3):  # the first traces the classifier
             classify(one).numpy()
-        times = [_timed(lambda: classify(one).numpy()) for _ in range(single_runs)]
+        work.add(units["single_trace"] + units["single"] * 3 / (3 + single_runs))
+        times = []
+        for _ in range(single_runs):
+            times.append(_timed(lambda: classify(one).numpy()))
+            work.add(units["single"] / (3 + single_runs))
         rows.append(
             _row(name, "single", device, sum(times), single_runs, p50_ms=float(np.median(times)) * 1000)
         )
         check_cancel(cancel)
+        work.begin(f"{where}: batches of {batch}")
         block = np.concatenate([pixels] * math.ceil(batch / len(pixels)))[:batch]
         classify(block).numpy()
-        seconds = _timed(lambda: classify(block).numpy(), repeats=3)
+        work.add(units["batch"] / 4)
+        seconds = 0.0
+        for _ in range(3):
+            seconds += _timed(lambda: classify(block).numpy())
+            work.add(units["batch"] / 4)
+            check_cancel(cancel)
         rows.append(_row(name, "batch", device, seconds, 3 * batch, batch_size=batch))
     return rows
 
@@ -171,20 +259,26 @@ def run_lab(
     paths = lab_images(source, images)
     for path in paths:  # read once so decode timings measure decoding, not a cold disk
         Path(path).read_bytes()
-    steps = len(backbone_names) * (1 + len(devices))
-    rows, step = [], 0
+    emit(progress, "bench", 0, 0, "Estimating the work (multiply-accumulates per backbone)", units="work")
+    plans = {}
+    for name in backbone_names:
+        check_cancel(cancel)
+        plans[name] = _device_units(_gmacs(name), len(paths), batch_size, single_runs, train_steps)
+    total = sum(len(paths) * _S_DECODE + len(devices) * sum(u.values()) for u in plans.values())
+    work, rows = _Work(progress, total), []
     for name in backbone_names:
         size = backbones.get_backbone(name).input_size
-        emit(progress, "bench", step, steps, f"{name}: decoding {len(paths)} images")
+        work.begin(f"{name}: decoding {len(paths)} images")
         pixels, seconds = _decode(paths, size)
         rows.append(_row(name, "decode", "cpu", seconds, len(paths), image_size=size))
-        step += 1
+        work.add(len(paths) * _S_DECODE)
         for device in devices:
             check_cancel(cancel)
-            emit(progress, "bench", step, steps, f"{name}: timing on the {device.upper()}", device=device)
-            rows += _device_phases(name, device, pixels, batch_size, single_runs, train_steps, cancel)
-            step += 1
-    emit(progress, "bench", steps, steps, "Timing lab finished")
+            rows += _device_phases(
+                name, device, pixels, batch_size, single_runs, train_steps, cancel, work, plans[name]
+            )
+    work.done = work.total
+    work.begin("Timing lab finished")
     report = {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,

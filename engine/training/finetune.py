@@ -280,15 +280,18 @@ def fine_tune(
         raise InvalidArgument("fine_tune starts from a trained head; pass head=train_head(...)")
     started = time.perf_counter()
     size = get_backbone(backbone).input_size
-    if feature_model is None:
+    if feature_model is None:  # building (and loading weights) takes seconds: say so before
+        emit(progress, "fine_tune", 0, config.fine_tune_steps, f"Building {backbone} for fine-tuning")
         feature_model = build_feature_extractor(backbone, weights=weights, seed=config.seed)
     kernel, bias = _head_arrays(head, int(feature_model.output.shape[-1]))
     train, val = _sources(data, size, config, num_classes=kernel.shape[1])
     unfrozen = unfreeze_top_layers(feature_model, config.fine_tune_layers)
-    emit(progress, "fine_tune", 0, config.fine_tune_steps, f"Unfroze {len(unfrozen)} layers. {BYPASS_NOTE}")
+    total = config.fine_tune_steps
+    emit(progress, "fine_tune", 0, total, f"Unfroze {len(unfrozen)} layers. {BYPASS_NOTE}")
     check_cancel(cancel)
 
     net = _EndToEnd(feature_model, kernel, bias, config)
+    emit(progress, "fine_tune", 0, total, "Preparing the image pipeline (decoding and distorting)")
     stream = iter(_train_stream(train, size, config))
     val_batches = _val_stream(val.data, size) if val is not None else None
     history = _run_steps(net, stream, val_batches, config, progress, cancel, started)
@@ -360,21 +363,25 @@ class _EndToEnd:
 
 
 def _run_steps(net: _EndToEnd, stream, val_batches, config: TrainConfig, progress, cancel, started) -> list:
-    """Train `fine_tune_steps` steps, recording a history row every `eval_interval` steps and at the end."""
+    """Train `fine_tune_steps` steps, recording a history row after the first step (so the curves start
+    at once), every `eval_interval` steps and at the end; every step reports its progress."""
     import tensorflow as tf
 
     history: list[dict[str, Any]] = []
-    for step in range(config.fine_tune_steps):
+    total = config.fine_tune_steps
+    for step in range(total):
+        if step == 0:  # the first step traces and compiles the graph: seconds, worth saying
+            emit(progress, "fine_tune", 0, total, "Compiling the training step (the first step builds it)")
         images, labels = next(stream)
         net.train_step(images, labels, tf.constant(step))
         check_cancel(cancel)
         done = step + 1
-        if done % config.eval_interval and done != config.fine_tune_steps:
+        if done != 1 and done % config.eval_interval and done != total:
+            emit(progress, "fine_tune", done, total, f"Fine-tuning step {done:,} of {total:,}")
             continue
         row = _measure(net, images, labels, val_batches, done, started)
         history.append(row)
-        message = history_message(row, config.fine_tune_steps)
-        emit(progress, "fine_tune", done, config.fine_tune_steps, message, row=row, **row)
+        emit(progress, "fine_tune", done, total, history_message(row, total), row=row, **row)
     return history
 
 
