@@ -115,6 +115,16 @@ def test_a_job_given_to_an_idle_worker_can_be_cancelled_before_it_claims_it(stor
     job = store.get_job(job_id)
     assert (job.status, job.error, job.done) == ("cancelled", "Cancelled before it started", 0)
     store.set_worker_idle(me, 1, 50.0)
+    assert store.assigned_job(me) is None and [w.state for w in store.list_workers()] == ["idle"]
+    # cancelled through the queue while given to the worker: at once, and the worker is free again
+    second = store.create_job("count", {"n": 3, "delay": 0.0}).id
+    assert store.promote_jobs(1) == [second] and store.assign_jobs([second]) == []
+    job = jobs.cancel_job(second, store=store)
+    assert (job.status, job.error) == ("cancelled", "Cancelled before it started") and job.started
+    assert worker.run(second, store) == "cancelled"  # the late claim finds nothing to run
+    assert [w.state for w in store.list_workers()] == ["busy"]
+    store.set_worker_idle(me, 1, 50.0)  # what the worker's next idle tick does
+    assert [w.state for w in store.list_workers()] == ["idle"]
     assert store.assigned_job(me) is None and store.retire_worker(me) is True
     assert store.list_workers() == []
 

@@ -278,7 +278,7 @@ def serve(store: RunStore, first_job: str | None = None, preload: bool = False) 
             if preload:
                 preload = False
                 _preload(store, pid)
-            job_id = _wait_for_job(store, pid)
+            job_id = _wait_for_job(store, pid, jobs_done)
             if job_id is None:  # retired: idle too long, or not needed as a warm one
                 return 0 if status == "finished" else 1
     except Cancelled:  # SIGTERM while idle or between jobs
@@ -306,7 +306,7 @@ def _worn_out(jobs_done: int) -> bool:
     return False
 
 
-def _wait_for_job(store: RunStore, pid: int) -> str | None:
+def _wait_for_job(store: RunStore, pid: int, jobs_done: int) -> str | None:
     """Wait idle for a job given to this worker; None when it should exit (its row is removed then)."""
     idle_since, last_tick = time.monotonic(), 0.0
     try:
@@ -325,7 +325,8 @@ def _wait_for_job(store: RunStore, pid: int) -> str | None:
                 return None
             if store.retire_worker(pid, keep_idle=keep_idle):  # more warm workers idle than wanted
                 return None
-            store.worker_heartbeat(pid, rss_mb())
+            # heartbeat; also frees this worker if a job given to it was cancelled before it claimed it
+            store.set_worker_idle(pid, jobs_done, rss_mb())
             _hand_on_slot(store)  # jobs that wait while a slot is free (no page is polling) start here
         if now - idle_since >= idle_limit and store.retire_worker(pid):
             log.info("warm worker pid %d idle for %d s: exits", pid, idle_limit)

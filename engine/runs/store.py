@@ -578,13 +578,14 @@ class RunStore:
         return {row["id"]: i for i, row in enumerate(rows, start=1)}
 
     def cancel_waiting_job(self, job_id: str) -> bool:
-        """Cancel a job still waiting in line (it never starts); False if it is not waiting."""
+        """Cancel a job no worker has begun: waiting in line, or given a slot or a warm worker that has
+        not claimed it yet (a claim needs the job still queued, so it never runs). False otherwise."""
         now = time.time()
         with self.write() as conn:
             cursor = conn.execute(
                 "UPDATE jobs SET status = 'cancelled', cancel_requested = COALESCE(cancel_requested, ?),"
                 " error = 'Cancelled before it started', eta_seconds = NULL, finished = ?, updated = ?"
-                f" WHERE id = ? AND {self._WAITING}",
+                " WHERE id = ? AND status = 'queued'",
                 (now, now, now, job_id),
             )
         return cursor.rowcount > 0
