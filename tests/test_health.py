@@ -223,3 +223,19 @@ def test_cli_health_refuses_a_missing_folder_in_one_line(tmp_path, capsys):
     assert main(["health", "--image_dir", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
+
+
+@pytest.mark.slow
+def test_runs_page_says_so_beside_the_accuracy(in_lab):
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "dashboard" / "runs.py"), default_timeout=120)
+    at.run()
+    labels = at.selectbox(key="runs_detail").options
+    for run_id, expected in ((in_lab["run_id"], True), (in_lab["clean_run"], False)):
+        label = next(o for o in labels if run_id in o)
+        at.selectbox(key="runs_detail").select(label).run()
+        assert not at.exception and not at.error, [e.value for e in at.exception or at.error]
+        notes = [c.value for c in at.caption if "partly memory" in c.value]
+        assert bool(notes) == expected, (run_id, notes)
