@@ -336,6 +336,21 @@ def test_a_failed_run_shows_its_error_and_what_to_do_not_empty_charts():
     assert any("before its first evaluation" in c.value for c in at.caption)
 
 
+def test_train_draws_the_fine_tuning_curves_beside_the_heads():
+    store = RunStore()
+    run = store.create_run({"source": "demo", "architecture": "mobilenet_0.25_224"}, name="tuned")
+    row = {"train_accuracy": 0.5, "validation_accuracy": 0.5, "train_cross_entropy": 0.7}
+    store.log_metrics(run.id, [{**row, "step": s} for s in (10, 20)])
+    store.log_metrics(run.id, [{**row, "step": 1}], phase="fine_tune")
+    store.finish_run(run.id, {"test_accuracy": 0.5, "test_count": 4}, status="cancelled")
+    job = store.create_job("retrain", {"name": "tuned"})
+    store.finish_job(job.id, "cancelled", result={"run_id": run.id}, error="Cancelled by the user")
+    at = app("train").run()
+    assert not at.exception
+    assert any("Fine-tuning" in m.value for m in at.markdown)
+    assert len(at.get("plotly_chart")) == 4  # head and fine-tuning: accuracy and cross-entropy each
+
+
 def test_sidebar_links_each_job_to_the_page_that_follows_it():
     def sidebar_jobs():
         from dashboard.components import _active_jobs

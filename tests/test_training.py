@@ -460,3 +460,21 @@ def test_fine_tune_changes_only_unfrozen_layers_of_the_real_backbone(seeded_kera
     changed = sorted(w.path for w in model.weights if not np.array_equal(w.numpy(), before[w.path]))
     assert changed == ["conv_dw_13/kernel", "conv_pw_13/kernel"]
     assert result.unfrozen_layers == ["conv_dw_13", "conv_pw_13"]
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_run_stores_its_fine_tuning_curve():
+    """retrain logs the fine-tuning rows (phase "fine_tune"), so the Train page draws them live."""
+    from engine.data.sources import make_demo_dataset
+    from engine.runs.retrain import RunConfig, retrain
+    from engine.runs.store import RunStore
+
+    source = make_demo_dataset(num_classes=2, per_class=8, size=32)
+    train = TrainConfig(
+        steps=4, eval_interval=2, fine_tune_layers=1, fine_tune_steps=3, fine_tune_batch_size=4
+    )
+    config = RunConfig(source=str(source), architecture=BACKBONE, weights="random", train=train)
+    run_id = retrain(config).run_id
+    store = RunStore()
+    assert [row["step"] for row in store.get_history(run_id, phase="fine_tune")] == [1, 2, 3]
+    assert [row["step"] for row in store.get_history(run_id, phase="train")] == [2, 4]

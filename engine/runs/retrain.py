@@ -325,14 +325,22 @@ def train_and_save(
         )
     history, tuned = head.history, None
     if config.train.fine_tune_layers > 0:
-        with phases("fine_tune"):
+        tuned_metrics = _MetricsBuffer(store, run_id, phase="fine_tune")  # its curves, live on Train
+
+        def on_tune(event: dict) -> None:
+            if event.get("row"):
+                tuned_metrics.add(event["row"])
+            if progress is not None:
+                progress(event)
+
+        with phases("fine_tune"), tuned_metrics:
             tuned = finetune.fine_tune(
                 data,
                 config.architecture,
                 config.weights,
                 config.train,
                 head,
-                progress=progress,
+                progress=on_tune,
                 cancel=cancel,
             )
         history = history + tuned.history
@@ -426,8 +434,10 @@ class _MetricsBuffer:
     """Collects history rows and writes them in batches: one SQLite commit per row cost ~20% of a
     4000-step head, while pages poll every 1-2 s, so a write every half second loses nothing."""
 
-    def __init__(self, store, run_id: str, every: float = METRICS_FLUSH_SECONDS) -> None:
-        self.store, self.run_id, self.every = store, run_id, every
+    def __init__(
+        self, store, run_id: str, every: float = METRICS_FLUSH_SECONDS, phase: str = "train"
+    ) -> None:
+        self.store, self.run_id, self.every, self.phase = store, run_id, every, phase
         self.rows: list[dict] = []
         self.last = float("-inf")  # the first row goes out at once: it is the first curve point a page shows
 
@@ -438,7 +448,7 @@ class _MetricsBuffer:
 
     def flush(self) -> None:
         if self.rows:
-            self.store.log_metrics(self.run_id, self.rows)
+            self.store.log_metrics(self.run_id, self.rows, phase=self.phase)
             self.rows = []
         self.last = time.perf_counter()
 
