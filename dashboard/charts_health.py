@@ -39,6 +39,7 @@ def class_balance(balance: dict) -> go.Figure:
             line_color=WARN,
             annotation_text=f"small below {threshold}",
             annotation_position="top left",
+            annotation_bgcolor="rgba(255,255,255,0.85)",
         )
     least = min(values) if values else 0
     limit = balance.get("imbalance_threshold")
@@ -49,6 +50,7 @@ def class_balance(balance: dict) -> go.Figure:
             line_color="#64748B",
             annotation_text=f"{limit:g}x the smallest class",
             annotation_position="top right",
+            annotation_bgcolor="rgba(255,255,255,0.85)",
         )
     fig.update_layout(
         template=TEMPLATE,

@@ -13,6 +13,7 @@ from PIL import Image
 
 from engine.cli.main import main
 from engine.data import datasets
+from engine.errors import LabError
 from engine.runs import health
 from tests.conftest import FLOWERS, MOBILENET_025_WEIGHTS
 
@@ -47,6 +48,46 @@ def test_class_balance_names_small_classes_and_the_ratio():
     balance = health.class_balance(data)
     assert balance["small_classes"] == ["tiny"] and balance["ratio"] == 10.0 and balance["imbalanced"]
     assert "tiny" in balance["advice"] and "10.0x" in balance["advice"]
+
+
+def test_a_cancelled_check_stops_with_cancelled(tmp_path):
+    from engine.errors import Cancelled
+
+    for label, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (32, 32), colour).save(tmp_path / label / f"{i}.jpg")
+    with pytest.raises(Cancelled):
+        health.health_report(tmp_path, cancel=lambda: True)
+    with pytest.raises(LabError, match="image_dir"):
+        health.run_job({"image_dir": ""})
+
+
+def test_health_figures_draw_the_counts_and_the_thresholds():
+    from dashboard import charts_health
+
+    records = _records(["big"] * 60 + ["tiny"] * 6)
+    balance = health.class_balance(datasets.Dataset("d", "/x", ["big", "tiny"], records))
+    fig = charts_health.class_balance(balance)
+    assert list(fig.data[0].y) == [60, 6] and fig.data[0].marker.color[1] != fig.data[0].marker.color[0]
+    assert [s.y0 for s in fig.layout.shapes] == [
+        balance["small_threshold"],
+        6 * balance["imbalance_threshold"],
+    ]
+    report = {
+        "exact_duplicates": {"extra_copies": 2, "across_splits": 1, "across_classes": 0},
+        "near_duplicates": {"pairs": 3, "across_splits": 2, "across_classes": 0},
+        "mislabels": {"count": 4},
+        "classes": balance,
+    }
+    bars = charts_health.findings(report).data[0]
+    assert dict(zip(bars.y, bars.x, strict=True)) == {
+        "Small classes": 1,
+        "Likely mislabels": 4,
+        "Test/validation copies of training photos": 3,
+        "Near-duplicate pairs": 3,
+        "Exact copies": 2,
+    }
 
 
 # -- the real flowers, with planted problems --------------------------------------------------------
