@@ -120,7 +120,7 @@ def results(result: batch.BatchResult) -> None:
     table["path"] = [
         p[len(prefix) :] if p.startswith(prefix) else p for p in table["path"]
     ]  # as in the folder
-    table["error"] = table["error"].fillna("")
+    table[["true_label", "error"]] = table[["true_label", "error"]].fillna("")
     shown = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS)
     st.dataframe(
         shown,
