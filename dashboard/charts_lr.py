@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from dashboard.charts import METRIC_LABELS, PALETTE, TEMPLATE
 
 
-def _figure(title: str, x_title: str, y_title: str, height: int = 360) -> go.Figure:
+def _figure(title: str, x_title: str, y_title: str, height: int = 400) -> go.Figure:
     fig = go.Figure()
     fig.update_layout(
         template=TEMPLATE,
@@ -23,9 +23,17 @@ def _figure(title: str, x_title: str, y_title: str, height: int = 360) -> go.Fig
         height=height,
         xaxis_title=x_title,
         yaxis_title=y_title,
-        # the legend gets its own row under the plot: beside the title it collides with it and the toolbar
-        legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.22, "yanchor": "top"},
-        margin={"t": 50, "b": 110},
+        # the legend gets its own rows at the foot of the figure, under the axis title: beside the
+        # title it collides with it and the toolbar, and in a narrow column a title has no room to share
+        legend={
+            "orientation": "h",
+            "x": 0,
+            "xanchor": "left",
+            "y": 0,
+            "yref": "container",
+            "yanchor": "bottom",
+        },
+        margin={"t": 50, "b": 120},
     )
     return fig
 
@@ -43,13 +51,18 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 
 def _log_axis(values: Sequence[float]) -> dict:
-    """A log axis with one plain label per decade ('0.001', '1', '10') and no cluttered minor labels."""
+    """A log axis with plain labels ('0.001', '20', '1000') at 1, 2 and 5 of each decade where few decades
+    are shown, at each decade otherwise, and no cluttered minor labels ('2 3 4 5 6 7 8 9')."""
     positive = [float(v) for v in values if v is not None and np.isfinite(v) and v > 0]
     if not positive:
         return {"type": "log"}
-    first, last = int(np.floor(np.log10(min(positive)))), int(np.ceil(np.log10(max(positive))))
-    ticks = [10.0**e for e in range(first, last + 1)]
-    return {"type": "log", "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
+    low, high = min(positive), max(positive)
+    first, last = int(np.floor(np.log10(low))), int(np.ceil(np.log10(high)))
+    marks = (1, 2, 5) if last - first <= 3 else (1,)
+    ticks = [
+        m * 10.0**e for e in range(first, last + 1) for m in marks if low / 1.5 <= m * 10.0**e <= high * 1.5
+    ]
+    return {"type": "log", "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks], "minor": {"ticks": ""}}
 
 
 def band_curves(
@@ -62,7 +75,8 @@ def band_curves(
             evaluation, as engine.runs.experiments.experiment_curves gives them).
     """
     column = f"{split}_{metric}"
-    title = f"{split.capitalize()} {metric.replace('_', '-')}: mean of the seeds, band = lowest to highest"
+    # short: the race draws two of these side by side; the page's caption says what line and band are
+    title = f"{split.capitalize()} {metric.replace('_', '-')} over seeds"
     fig = _figure(title, "Training step (log scale)", METRIC_LABELS.get(metric, metric))
     if curves.empty or column not in curves or curves[column].isna().all():
         return _empty(fig, "Waiting for the first evaluation...")
@@ -98,7 +112,7 @@ def band_curves(
                 "<extra>%{fullData.name}</extra>",
             )
         )
-    fig.update_xaxes(type="log")
+    fig.update_xaxes(**_log_axis(frame["step"]))
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
         if target is not None:
@@ -110,7 +124,7 @@ def band_curves(
 
 def schedule_curves(frame: pd.DataFrame) -> go.Figure:
     """Learning rate against training step per setting; columns `group`, `step`, `learning_rate`."""
-    fig = _figure("Learning rate against step (the schedule)", "Training step", "Learning rate (log scale)")
+    fig = _figure("Learning rate against step", "Training step", "Learning rate (log scale)")
     if frame.empty:
         return _empty(fig, "No schedule yet")
     for i, (group, rows) in enumerate(frame.groupby("group", sort=False)):
@@ -135,7 +149,7 @@ def finder(found: dict, race_rates: Sequence[float] = ()) -> go.Figure:
         found: engine.runs.experiments.lr_find's result (rates, losses, smoothed, steepest, minimum,
             suggested).
     """
-    fig = _figure("Learning-rate finder: loss while the rate grows", "Learning rate (log scale)", "Loss")
+    fig = _figure("Learning-rate finder: loss as the rate grows", "Learning rate (log scale)", "Loss (nats)")
     rates, smoothed = list(found.get("rates") or ()), list(found.get("smoothed") or ())
     if not rates:
         return _empty(fig, "No sweep yet")

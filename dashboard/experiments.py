@@ -101,17 +101,26 @@ def settings(study: str) -> dict | None:
     c1, c2 = st.columns(2)
     steps = c1.number_input("Training steps", 1, 100_000, STUDY_STEPS, step=100)
     if study == "lr_race":
-        schedules = c2.multiselect(
+        seeds = c2.number_input(
+            "Seeds per rate",
+            1,
+            experiments.MAX_SEEDS,
+            experiments.DEFAULT_SEEDS,
+            help="each rate trains once per seed (new initial weights and batch order, same data): "
+            "a difference between rates counts only if it is larger than the spread of the seeds",
+        )
+    else:
+        schedule = c2.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(TRAIN.schedule))
+    seed = c1.number_input("Seed", 0, 2**31 - 1, TRAIN.seed, help="the same seed gives the same curves")
+    eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, TRAIN.eval_interval)
+    if study == "lr_race":
+        schedules = st.multiselect(
             "Schedules to race",
             SCHEDULES,
             default=[TRAIN.schedule],
             help="each rate trains with each schedule; the rate-against-step chart shows what they do",
         )
         schedule = schedules[0] if schedules else TRAIN.schedule
-    else:
-        schedule = c2.selectbox("Learning-rate schedule", SCHEDULES, index=SCHEDULES.index(TRAIN.schedule))
-    seed = c1.number_input("Seed", 0, 2**31 - 1, TRAIN.seed, help="the same seed gives the same curves")
-    eval_interval = c2.number_input("Eval interval (steps)", 1, 10_000, TRAIN.eval_interval)
     params: dict = {"study": study}
     train = {
         "steps": int(steps),
@@ -122,14 +131,6 @@ def settings(study: str) -> dict | None:
     if study == "lr_race":
         rates = st.text_input("Learning rates", ", ".join(f"{r:g}" for r in experiments.DEFAULT_RATES))
         target = st.slider("Target validation accuracy", 0.05, 1.0, experiments.DEFAULT_TARGET, 0.05)
-        seeds = st.number_input(
-            "Seeds per rate",
-            1,
-            experiments.MAX_SEEDS,
-            experiments.DEFAULT_SEEDS,
-            help="each rate trains once per seed (new initial weights and batch order, same data): "
-            "a difference between rates counts only if it is larger than the spread of the seeds",
-        )
         params.update(rates_text=rates, target=float(target), seeds=int(seeds), schedules=schedules)
     else:
         rate = st.number_input("Learning rate", 0.0001, MAX_LEARNING_RATE, TRAIN.learning_rate, format="%.4f")
@@ -175,7 +176,7 @@ def render(experiment_id: str, key: str, live: bool = False) -> None:
     rows = experiments.experiment_table(experiment_id, store)
     curves = pd.DataFrame(experiments.experiment_curves(experiment_id, store))
     if exp.kind == "lr_race":
-        render_race(experiment_id, exp, rows, curves, key)
+        render_race(experiment_id, exp, rows, curves, key, live)
     elif exp.kind == "freezing":
         st.dataframe(table(rows, experiments.FREEZING_COLUMNS[:-1]), hide_index=True)
         frame = pd.DataFrame([{"run": r["name"], **r} for r in rows])
@@ -237,6 +238,8 @@ def race_status(summary: dict, running: bool) -> str:
     done, planned = summary["done"], summary["planned"]
     if running:
         return f"Race running: {done} of {planned} runs done"
+    if done < planned:  # cancelled or failed part-way
+        return f"Race stopped: {done} of {planned} runs done"
     return f"Race finished: {done} runs, {summary['seeds']} seed(s) per setting"
 
 
@@ -263,9 +266,11 @@ def group_table(groups: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(shown)
 
 
-def render_race(experiment_id: str, exp, rows: list[dict], curves: pd.DataFrame, key: str) -> None:
+def render_race(experiment_id: str, exp, rows, curves: pd.DataFrame, key: str, live: bool = False) -> None:
     """A race: curves as mean and band per setting, the schedules, the table per setting and the verdict."""
     summary = experiments.race_summary(experiment_id, cache.store())
+    if not live:  # while it runs, the job's header says how far it got
+        st.markdown(f"**{race_status(summary, running=False)}**")
     target = exp.config.get("target")
     left, right = st.columns(2)
     with left:
@@ -275,6 +280,7 @@ def render_race(experiment_id: str, exp, rows: list[dict], curves: pd.DataFrame,
     left, right = st.columns(2)
     with left:
         plot(charts_lr.band_curves(curves, "cross_entropy"), key=f"{key}_xent")
+        st.caption("Line: the mean of a setting's seeds; band: its lowest to highest seed at each step.")
     with right:
         verdict = summary["separation"]
         st.markdown("**Do the settings differ?**")
