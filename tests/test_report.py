@@ -74,7 +74,7 @@ def run_id(home) -> str:
 def experiment_id(home) -> str:
     if "experiment" not in home:
         base = replace(_base(home), name=None)
-        home["experiment"] = experiments.lr_race(base, (0.01, 1.0), target=0.9).experiment_id
+        home["experiment"] = experiments.lr_race(base, (0.01, 1.0), target=0.9, seeds=1).experiment_id
     return home["experiment"]
 
 
