@@ -133,7 +133,7 @@ def test_range_test_sweeps_exponentially_stops_on_divergence_and_applies_its_rul
     assert (found.steepest, found.minimum) == (steepest, minimum)
     assert found.suggested == tuple(sorted((steepest, minimum / 10)))
     assert steepest <= minimum
-    assert events and events[-1]["phase"] == "lrfind"
+    assert events and events[-1]["phase"] == lrfind.PHASE and events[-1]["done"] == len(found.rates)
 
 
 @pytest.mark.parametrize(

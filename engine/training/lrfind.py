@@ -24,6 +24,7 @@ from engine.errors import InvalidArgument
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 from engine.training.config import MAX_LEARNING_RATE, TrainConfig
 
+PHASE = "sweeping_learning_rates"  # the progress phase; a page without a name for it shows it as words
 DEFAULT_START = 1e-5
 DEFAULT_STOP = 10.0
 DEFAULT_STEPS = 200
@@ -120,7 +121,7 @@ def range_test(
     """Sweep the learning rate from `start` to `stop` exponentially over `steps` steps of the head.
 
     Uses `config`'s optimizer, batch size and seed (its learning rate and schedule are what is swept).
-    Emits phase "lrfind" progress every few steps; cancel is checked with it.
+    Emits PHASE progress events every few steps; cancel is checked with each.
 
     Raises:
         InvalidArgument: bad sweep bounds, shapes or labels. Cancelled: cancel() returned True.
@@ -156,10 +157,11 @@ def range_test(
         current = avg / (1 - SMOOTHING ** (step + 1))  # bias-corrected, as fastai's
         smoothed.append(current)
         if step % report_every == 0 or step == steps - 1:
-            emit(progress, "lrfind", step + 1, steps, f"lr {rate:.2g}: loss {current:.3g}", rate=rate)
+            emit(progress, PHASE, step + 1, steps, f"lr {rate:.2g}: loss {current:.3g}", rate=rate)
             check_cancel(cancel)
         if not math.isfinite(current) or (step > SKIP_START and current > DIVERGE_FACTOR * best):
             stopped = True
+            emit(progress, PHASE, step + 1, step + 1, f"lr {rate:.2g}: the loss diverged, sweep stopped")
             break
         best = min(best, current)
         kernel, bias = _update(config.optimizer, kernel, bias, gk, gb, moments, rate, step)
