@@ -7,8 +7,8 @@ import time
 import pandas as pd
 import streamlit as st
 
-from dashboard import cache, charts_classify
-from dashboard.components import guard, plot
+from dashboard import batch_view, cache, charts_classify
+from dashboard.components import guard
 from engine.errors import LabError
 from engine.export import convert, lineup, uploaded
 from engine.machine import network_available
@@ -18,6 +18,7 @@ from engine.runs.results import RunResults
 TOP_K = 5
 CARDS_PER_ROW = 3  # a card stays wide enough for its top-5 bars; phones stack them anyway
 SELECTED, EXTRA, LAST = "classify_models", "classify_extra_models", "classify_lineup"
+MORE = "classify_more"  # the "More models" expander: closed again once a model is added
 CORAL_HINT = (
     "Offline, use an ImageNet classifier as a **.tflite file with its labels** instead (below, "
     "*A .tflite classifier*): e.g. Coral's `mobilenet_v2_1.0_224_quant.tflite` with `imagenet_labels.txt` "
@@ -40,6 +41,7 @@ def add_extra(choice: lineup.ModelChoice) -> None:
     st.session_state.setdefault(EXTRA, {})[choice.key] = choice
     selected = list(st.session_state.get(SELECTED, []))
     st.session_state[SELECTED] = [*selected, choice.key] if choice.key not in selected else selected
+    st.session_state[MORE] = False  # out of the way of the results (on a phone it fills the screen)
 
 
 def on_upload_model() -> None:
@@ -70,7 +72,9 @@ def on_add_imagenet() -> None:
 
 def more_models(choices: list[lineup.ModelChoice]) -> None:
     """Add a .tflite classifier with its labels, or an ImageNet Keras model."""
-    with st.expander("More models: a .tflite file, ImageNet", icon=":material/add_circle:"):
+    with st.expander(
+        "More models: a .tflite file, ImageNet", icon=":material/add_circle:", key=MORE, on_change="rerun"
+    ):
         st.markdown("**A .tflite classifier** (a classmate's export, an ImageNet one such as Coral's)")
         st.file_uploader("Model (.tflite)", type=["tflite"], key="classify_tflite")
         st.file_uploader(
@@ -210,7 +214,7 @@ def photo_row(n: int, item, result: lineup.Lineup, loaded: list) -> None:
                 st.markdown(text if agree >= 0.999 else f":orange[{text}] — the others are marked")
         for start in range(0, len(loaded), CARDS_PER_ROW):
             row = list(range(start, min(start + CARDS_PER_ROW, len(loaded))))
-            for col, m in zip(st.columns(CARDS_PER_ROW if len(loaded) > 1 else 1), row, strict=False):
+            for col, m in zip(st.columns(min(len(loaded), CARDS_PER_ROW)), row, strict=False):
                 with col:
                     model_card(n, m, item, preds[m], loaded[m], majority, len(loaded) > 1)
 
@@ -239,7 +243,7 @@ def model_card(n: int, m: int, item, pred, model, majority: str | None, several:
         elif familiar and familiar.get("note"):
             st.caption(familiar["note"])
         fig = charts_classify.model_top_k(pred.labels, pred.scores, agrees=agrees or not several)
-        plot(fig, key=f"topk_{n}_{m}")
+        chart(fig, f"topk_{n}_{m}")
         why(n, m, item, pred, choice, classifier)
 
 
@@ -258,6 +262,11 @@ def why(n: int, m: int, item, pred, choice, classifier) -> None:
         heatmap, picture = cache.explanation(choice, item.getvalue(), class_name)
         st.image(picture, caption=f"{heatmap.method}: {heatmap.class_name} ({heatmap.probability:.1%})")
         st.caption(heatmap.sentence)
+
+
+def chart(fig, key: str) -> None:
+    """A small figure without plotly's toolbar: on a phone a tap shows it over the bars it describes."""
+    st.plotly_chart(fig, theme=None, key=key, config={"displayModeBar": False, "displaylogo": False})
 
 
 def summary(result: lineup.Lineup, wall_ms: float) -> None:
@@ -279,10 +288,16 @@ def summary(result: lineup.Lineup, wall_ms: float) -> None:
     frame = pd.DataFrame(rows)
     st.subheader("All photos and models")
     photos, models = len(result.photos), len(result.models)
+    classifying = sum(e["latency_ms"] for e in result.entries() if not e.get("error"))
     st.caption(
-        f"Side by side: {photos} photo(s) × {models} model(s) in {wall_ms:,.0f} ms "
-        f"({wall_ms / max(photos * models, 1):,.1f} ms per photo and model, decode + resize + forward"
-        f"{' + the training-likeness check' if any('familiar' in e for e in result.entries()) else ''})."
+        f"Side by side: {photos} photo(s) × {models} model(s) in {wall_ms:,.0f} ms: {classifying:,.0f} ms "
+        "classifying (decode + resize + forward, the latencies above)"
+        + (
+            f", {max(wall_ms - classifying, 0):,.0f} ms for the rest, mostly the training-likeness check "
+            "(the first time for a run it also loads its backbone and calibrates)."
+            if any("familiar" in e for e in result.entries())
+            else "."
+        )
     )
     disagree = set(result.disagreements()) if models > 1 else set()
     shown = frame.drop(columns=["error"] if frame["error"].isna().all() else [])
@@ -292,7 +307,8 @@ def summary(result: lineup.Lineup, wall_ms: float) -> None:
         ),
         hide_index=True,
         column_config={
-            "confidence": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1)
+            "confidence": st.column_config.ProgressColumn(format="percent", min_value=0, max_value=1),
+            "latency (ms)": st.column_config.NumberColumn(format="%.1f"),
         },
     )
     if disagree:
@@ -302,7 +318,7 @@ def summary(result: lineup.Lineup, wall_ms: float) -> None:
     good = frame.dropna(subset=["latency (ms)"])[["model", "latency (ms)"]]
     charts = st.columns(2 if photos > 1 and models > 1 else 1)
     with charts[0]:
-        plot(
+        chart(
             charts_classify.latency_per_model(good.rename(columns={"latency (ms)": "latency_ms"})), "latency"
         )
     if len(charts) > 1:
@@ -310,7 +326,7 @@ def summary(result: lineup.Lineup, wall_ms: float) -> None:
             {"photo": result.photos, "agreement": [result.agreement(i) for i in range(photos)]}
         )
         with charts[1]:
-            plot(charts_classify.agreement(agreement), "agreement")
+            chart(charts_classify.agreement(agreement), "agreement")
 
 
 def photos_tab(chosen: list[lineup.ModelChoice], items: list) -> None:
@@ -334,11 +350,6 @@ def photos_tab(chosen: list[lineup.ModelChoice], items: list) -> None:
 
 
 def batch_tab(chosen: list[lineup.ModelChoice]) -> None:
-    try:
-        from dashboard import batch_view
-    except ImportError:  # built in parallel (issue 13); the page works without it
-        st.info("Batch classification is not available in this version.", icon=":material/info:")
-        return
     batch_view.render(chosen)
 
 

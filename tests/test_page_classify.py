@@ -142,3 +142,21 @@ def test_default_is_the_best_run_not_the_newest(flowers_run):
     assert accuracy[worse.run_id] < accuracy[flowers_run]
     at = page().run()
     assert at.multiselect(key="classify_models").value == [f"run:{flowers_run}:keras"]
+
+
+def test_a_format_not_exported_yet_is_converted_on_first_use(flowers_run):
+    from engine.export import convert
+
+    def fp32_option(at: AppTest) -> str:
+        return next(o for o in at.multiselect(key="classify_models").options if "(tflite-fp32)" in o)
+
+    assert "tflite-fp32" not in [m["format"] for m in convert.list_exports(flowers_run)]
+    at = page().run()
+    assert fp32_option(at).endswith("converted on first use")
+    at.multiselect(key="classify_models").select(f"run:{flowers_run}:tflite-fp32")
+    at.file_uploader(key="classify_files").set_value(upload("classic-daisy.jpg")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "tflite-fp32" in [m["format"] for m in convert.list_exports(flowers_run)]  # converted, kept
+    tops = [m.value for m in at.metric if m.label == "Top-1"]
+    assert tops == ["daisy", "daisy"], tops  # the run in Keras and in its fresh tflite-fp32 export
+    assert not fp32_option(page().run()).endswith("converted on first use")
