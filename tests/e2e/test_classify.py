@@ -1,8 +1,9 @@
 """Classify in a real browser: a flowers run beside Coral's ImageNet .tflite on one photo, its heatmap,
 a batch folder with its confusion matrix; on a 1400 x 1000 screen and on a 390 x 844 phone.
 
-The run is seeded through the engine in the server's LAB_HOME (faster than training through the UI);
-the test uses its own browser contexts, so it leaves the suite's shared tab alone.
+The run is seeded through the engine (faster than training through the UI) in a data directory and
+server of this module's own, and the test uses its own browser contexts: the suite's shared server,
+data directory and tab are left alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import start_server, stop_server
 from tests.e2e.test_dashboard import no_error_alert, no_exception, wait_idle
 
 pytest.importorskip("playwright.sync_api", reason="e2e needs playwright")
@@ -23,20 +25,27 @@ CORAL_MODEL, CORAL_LABELS = CORAL / "mobilenet_v2_1.0_224_quant.tflite", CORAL /
 
 
 @pytest.fixture(scope="module")
-def flowers_run(e2e_dirs, assets) -> str:
-    """A finished flowers run in the server's data directory (MobileNet 0.25, real ImageNet weights)."""
+def classify_app(e2e_dirs, assets) -> tuple[str, str]:
+    """(server address, run id): a server of its own data directory holding one finished flowers run.
+
+    Its own LAB_HOME keeps the seeded run out of the suite's shared one (test_dashboard counts its runs).
+    """
     from engine.runs.retrain import RunConfig, retrain
     from engine.training.config import TrainConfig
 
     if not CORAL_MODEL.exists():
         pytest.skip(f"needs the shared offline asset {CORAL_MODEL}")
+    lab_home = e2e_dirs["base"] / "classify_lab_home"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LAB_HOME", str(e2e_dirs["lab_home"]))
+        mp.setenv("LAB_HOME", str(lab_home))
         mp.setenv("KERAS_HOME", str(e2e_dirs["keras_home"]))
         config = RunConfig(
             source=str(assets["flowers"]), name="e2e classify", train=TrainConfig(steps=200, batch_size=32)
         )
-        return retrain(config).run_id
+        run_id = retrain(config).run_id
+    proc, url = start_server(lab_home, e2e_dirs["keras_home"], e2e_dirs["base"] / "streamlit_classify.log")
+    yield url, run_id
+    stop_server(proc)
 
 
 def open_classify(browser, app_url: str, width: int, height: int, phone: bool = False):
@@ -84,13 +93,15 @@ def side_by_side_ms(tab) -> float:
     return float(re.search(r" in ([\d,.]+) ms", text).group(1).replace(",", ""))
 
 
-def test_classify_side_by_side_heatmap_batch_and_phone(browser, app_url, flowers_run, assets, screenshot):
+def test_classify_side_by_side_heatmap_batch_and_phone(browser, classify_app, assets, screenshot):
+    app_url, _ = classify_app
     daisy = assets["samples"] / "classic-daisy.jpg"
     context, tab = open_classify(browser, app_url, 1400, 1000)
     try:
         chosen = tab.locator("[data-testid=stMultiSelect]").first.inner_text()
-        assert "(keras)" in chosen, chosen  # the best finished run is chosen by default
+        assert "e2e classify (keras)" in chosen, chosen  # the best finished run is chosen by default
         add_coral(tab)
+        assert not tab.get_by_text("Add this model").is_visible(), "More models closes once one is added"
         classify_photo(tab, daisy)
         no_exception(tab)
         no_error_alert(tab)
