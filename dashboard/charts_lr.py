@@ -38,6 +38,13 @@ def _figure(title: str, x_title: str, y_title: str, height: int = 400) -> go.Fig
     return fig
 
 
+def _legend_rows(fig: go.Figure, rows: int) -> go.Figure:
+    """Room for `rows` legend rows at the foot, so a long legend does not squash the plot."""
+    extra = 26 * max(0, rows - 2)
+    fig.update_layout(height=(fig.layout.height or 400) + extra, margin={"b": 120 + extra})
+    return fig
+
+
 def _empty(fig: go.Figure, text: str) -> go.Figure:
     fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_xaxes(visible=False)
@@ -113,6 +120,7 @@ def band_curves(
             )
         )
     fig.update_xaxes(**_log_axis(frame["step"]))
+    _legend_rows(fig, frame["group"].nunique())  # in a half-width column each entry takes its own row
     if metric == "accuracy":
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
         if target is not None:

@@ -189,3 +189,32 @@ def test_cli_lrfind_json(lab_home):
     assert (
         proc.returncode == 2 and "start must be below stop" in proc.stderr and "Traceback" not in proc.stderr
     )
+
+
+def test_charts_draw_mean_and_band_per_rate_and_mark_the_finder():
+    import pandas as pd
+
+    from dashboard import charts_lr
+
+    curves = pd.DataFrame(
+        [
+            {"group": g, "seed": s, "step": step, "validation_accuracy": acc + 0.1 * s}
+            for g, acc in (("lr=0.1", 0.5), ("lr=1", 0.3))
+            for s in range(3)
+            for step in (10, 20)
+        ]
+    )
+    fig = charts_lr.band_curves(curves, target=0.8)
+    bands = [t for t in fig.data if t.fill == "toself"]
+    means = [t for t in fig.data if t.fill != "toself"]
+    assert [t.name for t in means] == ["lr=0.1 (3 seeds)", "lr=1 (3 seeds)"]
+    assert list(means[0].y) == pytest.approx([0.6, 0.6])  # mean of 0.5, 0.6, 0.7
+    assert list(bands[0].y) == pytest.approx([0.7, 0.7, 0.5, 0.5])  # highest forward, lowest back
+    found = {"rates": [1e-3, 1e-2, 1e-1, 1.0], "losses": [1.6, 1.4, 1.0, 3.0],
+             "smoothed": [1.6, 1.5, 1.2, 2.0], "steepest": 1e-2, "minimum": 1e-1,
+             "suggested": [1e-2, 1e-2]}  # fmt: skip
+    fig = charts_lr.finder(found, race_rates=(0.005, 0.1))
+    assert [s.x0 for s in fig.layout.shapes if s.type == "line"] == [0.005, 0.1]  # the race's rates
+    assert any(t.name == "suggested 0.01 .. 0.01" for t in fig.data)
+    axis = fig.layout.xaxis  # plain labels at 1, 2, 5 of each decade, no minor "3 4 5 6 7 8 9"
+    assert axis.type == "log" and axis.minor.ticks == "" and "0.005" in axis.ticktext
