@@ -240,14 +240,14 @@ def cmd_lrfind(args: argparse.Namespace) -> int:
 
 
 _TABLES = {
-    "lr_race": [("learning_rate", "rate", False), ("final_validation_accuracy", "val acc", True),
+    "lr_race": [("name", "run", False), ("final_validation_accuracy", "val acc", True),
                 ("test_accuracy", "test acc", True), ("steps_to_target", "steps to target", False),
-                ("seconds_to_target", "s to target", False), ("final_cross_entropy", "cross-entropy", False),
+                ("seconds_to_target", "time to target", False), ("final_cross_entropy", "cross-entropy", False),
                 ("flag", "flag", False)],
     "freezing": [("name", "run", False), ("test_accuracy", "test acc", True),
                  ("head_test_accuracy", "head only", True),
-                 ("trainable_parameters", "trainable params", False), ("seconds_per_step", "s/step", False),
-                 ("total_seconds", "total s", False)],
+                 ("trainable_parameters", "trainable params", False), ("seconds_per_step", "per step", False),
+                 ("total_seconds", "total", False)],
     "datasets": [("name", "dataset", False), ("classes", "classes", False), ("images", "images", False),
                  ("final_validation_accuracy", "val acc", True), ("test_accuracy", "test acc", True)],
 }  # fmt: skip
@@ -260,16 +260,19 @@ def _print_rows(rows: list[dict], kind: str) -> None:
         line = []
         for key, _, percent in columns:
             value = row.get(key)
-            line.append(
-                NEVER if value is None and key.endswith("_to_target") else display(value, percent) or "-"
-            )
+            if value is None and key.endswith("_to_target"):
+                line.append(NEVER)
+            elif "seconds" in key:  # times for people: "39 ms", not "0.0386"
+                line.append(human_seconds(value))
+            else:
+                line.append(display(value, percent) or "-")
         cells.append(line)
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     for line in cells:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
     for row in rows:
         if kind == "lr_race":
-            print(f"lr={row['learning_rate']:g}: {row['explanation']}")
+            print(f"{row['name']}: {row['explanation']}")
         elif kind == "datasets" and row.get("per_class_accuracy"):
             print(f"{row['name']}: {row['per_class_accuracy']}")
 
