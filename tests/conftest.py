@@ -15,9 +15,6 @@ MOBILENET_025_WEIGHTS = SHARED_ASSETS / "keras_weights" / "mobilenet_2_5_224_tf_
 SAMPLE_IMAGES = SHARED_ASSETS / "sample_images"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# warm job workers (engine.jobs.pool) of a test exit soon after its jobs, and page tests start none
-os.environ.setdefault("LAB_WORKER_IDLE_SECONDS", "5")
-os.environ.setdefault("LAB_PREWARM", "0")
 
 
 def _need(path: Path) -> Path:
@@ -32,6 +29,10 @@ def lab_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "lab_home"
     monkeypatch.setenv("LAB_HOME", str(home))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    # warm job workers (engine.jobs.pool) of a test exit soon after its jobs, and page tests start none;
+    # the browser suite's server (a session fixture, started before this) keeps the dashboard's defaults
+    monkeypatch.setenv("LAB_WORKER_IDLE_SECONDS", "5")
+    monkeypatch.setenv("LAB_PREWARM", "0")
     return home
 
 
