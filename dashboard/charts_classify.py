@@ -19,7 +19,14 @@ _MARGIN = {"l": 8, "r": 8, "t": 36, "b": 8}  # cards are narrow: labels get the 
 
 def _figure(title: str, height: int) -> go.Figure:
     fig = go.Figure()
-    fig.update_layout(template=TEMPLATE, title=title, height=height, margin=_MARGIN, showlegend=False)
+    fig.update_layout(
+        template=TEMPLATE,
+        # at the figure's left edge, not the plot area's: long y labels push that off a phone's screen
+        title={"text": title, "x": 0, "xref": "container", "xanchor": "left"},
+        height=height,
+        margin=_MARGIN,
+        showlegend=False,
+    )
     return fig
 
 
@@ -44,7 +51,7 @@ def model_top_k(
     fig.add_trace(
         go.Bar(
             x=list(scores),
-            y=[_short(label) for label in labels],
+            y=_unique([_short(label) for label in labels], labels),
             orientation="h",
             marker_color=[AGREE if agrees else DISAGREE] + [OTHER] * (len(labels) - 1),
             text=[f"{s:.1%}" for s in scores],
@@ -60,7 +67,7 @@ def model_top_k(
 
 def latency_per_model(frame: pd.DataFrame) -> go.Figure:
     """Median latency per model; columns `model`, `latency_ms` (one row per photo and model)."""
-    fig = _figure("Latency per model (median over the photos)", 100)
+    fig = _figure("Latency per model (median)", 100)
     medians = frame.groupby("model", sort=False)["latency_ms"].median() if not frame.empty else pd.Series()
     fig.update_layout(height=60 + 34 * max(len(medians), 1), margin={**_MARGIN, "b": 40})
     if medians.empty:
@@ -71,7 +78,7 @@ def latency_per_model(frame: pd.DataFrame) -> go.Figure:
     fig.add_trace(
         go.Bar(
             x=medians.to_numpy(),
-            y=[_short(m, 36) for m in medians.index],
+            y=_names(medians.index),
             orientation="h",
             marker_color=PALETTE[5],
             text=[f"{v:.1f} ms" for v in medians.to_numpy()],
@@ -80,21 +87,21 @@ def latency_per_model(frame: pd.DataFrame) -> go.Figure:
             hovertemplate="%{hovertext}: %{x:.1f} ms<extra></extra>",
         )
     )
-    fig.update_xaxes(title="ms per photo (decode + resize + forward)", rangemode="tozero")
+    fig.update_xaxes(title="ms per photo", rangemode="tozero")
     fig.update_yaxes(autorange="reversed")
     return fig
 
 
 def agreement(frame: pd.DataFrame) -> go.Figure:
     """Share of models agreeing on each photo; columns `photo`, `agreement` (0..1). Orange: not all agree."""
-    fig = _figure("Models agreeing on each photo", 60 + 30 * max(len(frame), 1))
+    fig = _figure("Models agreeing per photo", 60 + 30 * max(len(frame), 1))
     fig.update_layout(margin={**_MARGIN, "b": 40})
     if frame.empty:
         return fig
     fig.add_trace(
         go.Bar(
             x=frame["agreement"],
-            y=[_short(p, 28) for p in frame["photo"]],
+            y=_names(frame["photo"]),
             orientation="h",
             marker_color=[AGREE if a >= 0.999 else DISAGREE for a in frame["agreement"]],
             text=[f"{a:.0%}" for a in frame["agreement"]],
@@ -103,7 +110,7 @@ def agreement(frame: pd.DataFrame) -> go.Figure:
             hovertemplate="%{hovertext}: %{x:.0%} agree<extra></extra>",
         )
     )
-    fig.update_xaxes(range=[0, 1], tickformat=".0%", title="share of models with the common top-1")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", title="share with the common top-1")
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -112,3 +119,22 @@ def _short(text: str, limit: int = 22) -> str:
     """ImageNet names run long ("tench, Tinca tinca"); a phone-wide card keeps the bars readable."""
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _unique(short: list[str], full) -> list[str]:
+    """The short labels, or the full ones where cutting made two equal (their bars would merge)."""
+    return short if len(set(short)) == len(short) else [str(f) for f in full]
+
+
+def _names(names, limit: int = 26) -> list[str]:
+    """Model or photo names cut in the middle, so "(keras)" and "(tflite-int8)" of one run stay apart;
+    still-equal names are numbered (equal y labels would merge their bars)."""
+    out = []
+    for name in map(str, names):
+        if len(name) > limit:
+            tail = min(len(name.rsplit("(", 1)[-1]) + 1 if "(" in name else 8, limit // 2)
+            name = name[: limit - tail - 1] + "…" + name[-tail:]
+        out.append(name)
+    if len(set(out)) < len(out):
+        out = [f"{i}. {name}" for i, name in enumerate(out, 1)]
+    return out
