@@ -308,16 +308,27 @@ def phase_timings(frame: pd.DataFrame) -> go.Figure:
 
     Phases stack in the order they first appear in `frame`.
     """
-    fig = _figure(
-        "Time per phase", "Wall time (s)", "Run", height=max(240, 70 * frame["run"].nunique() + 140)
-    )
+    fig = _figure("Time per phase", "Wall time (s)", "", height=max(240, 70 * frame["run"].nunique() + 140))
     if frame.empty:
         return _empty(fig, "No phase timings recorded")
     hover = "%{y}<br>{series}: %{x:.2f} s<extra></extra>"
     grouped_bars(fig, frame, "run", "seconds", by="phase", barmode="stack", horizontal=True, hover=hover)
     fig.update_layout(legend_traceorder="normal")
+    runs = list(dict.fromkeys(frame["run"]))  # long run names wrap instead of squeezing the bars
+    fig.update_yaxes(tickvals=runs, ticktext=[wrap_label(str(r), 16) for r in runs])
     phases = frame["phase"].nunique()
     return legend_below(fig, rows=1 + phases // 5)  # many phases: their own rows under the bars
+
+
+def wrap_label(text: str, width: int) -> str:
+    """`text` broken into lines of about `width` characters at spaces (plotly's '<br>')."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return "<br>".join(lines)
 
 
 def metric_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str) -> go.Figure:
@@ -505,6 +516,8 @@ def freeze_curve(frame: pd.DataFrame, current: int) -> go.Figure:
             "side": "right",
             "showgrid": False,
             "rangemode": "tozero",
+            "tickmode": "auto",  # its own round ticks (synced to the left axis they read 267, 534, ...)
+            "nticks": 6,
         },
         margin={"l": 60, "r": 70, "t": 75, "b": 50},
     )

@@ -89,6 +89,8 @@ PHASE_NAMES = {
     "fine_tune": "Fine-tuning",
     "evaluate": "Evaluating on the test split",
     "save": "Saving the classifier",
+    "bench": "Measuring",
+    "convert": "Converting",
     "": "Starting the worker",
 }
 STATUS_ICONS = {

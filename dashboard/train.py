@@ -86,7 +86,7 @@ def failure(job) -> None:
     steps = ["Fix what the message names, then press **Start training** again."]
     if "weights" in error.lower():
         steps.append("Or choose **Random** weights: they need no download (accuracy will be lower).")
-    if "network" in error.lower() or "offline" in error.lower() or "download" in error.lower():
+    elif any(word in error.lower() for word in ("network", "offline", "download")):  # a dataset download
         steps.append("Offline, use a dataset already on this machine (Data page) or the generated demo set.")
     if job.status == "interrupted":
         steps = ["The worker stopped without finishing (the lab was restarted?): start the run again."]

@@ -154,7 +154,7 @@ def test_cpu_vs_gpu_times_have_values_on_bars_and_clean_log_ticks():
 def test_time_per_phase_legend_sits_below_the_bars():
     frame = pd.DataFrame(
         {
-            "run": ["a"] * 6,
+            "run": ["mobilenet_0.25_224 lr=0.01 #e3a8"] * 6,
             "phase": ["scan", "weights", "extract", "train", "evaluate", "save"],
             "seconds": [1, 2, 3, 4, 5, 6],
         }
@@ -163,6 +163,7 @@ def test_time_per_phase_legend_sits_below_the_bars():
     legend = fig.layout.legend
     assert (legend.yref, legend.y, legend.yanchor) == ("container", 0, "bottom")
     assert fig.layout.margin.b >= 70 + 22  # the legend's rows get their own room under the axis title
+    assert list(fig.layout.yaxis.ticktext) == ["mobilenet_0.25_224<br>lr=0.01 #e3a8"]  # wrapped
 
 
 def test_freezing_chart_ticks_are_whole_and_never_negative():
