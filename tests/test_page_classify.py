@@ -17,12 +17,11 @@ from engine.runs.store import RunStore
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "assets"
 CORAL = SHARED / "coral_tflite"
+CORAL_LABELS = CORAL / "imagenet_labels.txt"
 SAMPLES = SHARED / "sample_images"
 FLOWERS = SHARED / "flower_photos_small_set"
 WEIGHTS = SHARED / "keras_weights" / "mobilenet_2_5_224_tf_no_top.h5"
 TIMEOUT = 180  # seconds per script run: TensorFlow, a LiteRT interpreter and a Keras model load in it
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +64,7 @@ def upload(*names: str) -> list[tuple[str, bytes, str]]:
     return [(name, (SAMPLES / name).read_bytes(), "image/jpeg") for name in names]
 
 
+@pytest.mark.slow
 def test_a_run_and_an_uploaded_tflite_side_by_side(flowers_run):
     at = page().run()
     assert not at.exception and not at.error
@@ -130,6 +130,7 @@ def test_a_bad_tflite_upload_is_one_line_naming_it():
     assert error.startswith("Model file 'fake.tflite' is not a TFLite model") and "\n" not in error
 
 
+@pytest.mark.slow
 def test_default_is_the_best_run_not_the_newest(flowers_run):
     from engine.runs.retrain import RunConfig, retrain
     from engine.training.config import TrainConfig
@@ -144,6 +145,7 @@ def test_default_is_the_best_run_not_the_newest(flowers_run):
     assert at.multiselect(key="classify_models").value == [f"run:{flowers_run}:keras"]
 
 
+@pytest.mark.slow
 def test_a_format_not_exported_yet_is_converted_on_first_use(flowers_run):
     from engine.export import convert
 
@@ -160,3 +162,27 @@ def test_a_format_not_exported_yet_is_converted_on_first_use(flowers_run):
     tops = [m.value for m in at.metric if m.label == "Top-1"]
     assert tops == ["daisy", "daisy"], tops  # the run in Keras and in its fresh tflite-fp32 export
     assert not fp32_option(page().run()).endswith("converted on first use")
+
+
+def test_uploaded_models_are_validated_capped_and_stored_once(monkeypatch):
+    from engine import config
+    from engine.errors import InvalidArgument
+    from engine.export import uploaded
+
+    model, labels = (CORAL / "mobilenet_v1_0.25_128_quant.tflite").read_bytes(), CORAL_LABELS.read_bytes()
+    first = uploaded.save_model_upload("coral\nv1.tflite", model, labels)
+    again = uploaded.save_model_upload("coral v1.tflite", model, labels)
+    assert first.key == again.key and first.title == "coral v1.tflite (uploaded)"  # one folder, reused
+    assert again.key in {c.key for c in uploaded.uploaded_choices()}
+    with pytest.raises(InvalidArgument, match="not UTF-8"):
+        uploaded.save_model_upload("m.tflite", model, b"\xff\xfe daisy")
+    with pytest.raises(InvalidArgument, match="unprintable"):
+        uploaded.save_model_upload("m\x00.tflite", model, labels)
+    with pytest.raises(InvalidArgument, match="2 labels but 'm.tflite' outputs 1001 scores"):
+        uploaded.save_model_upload("m.tflite", model, "daisy\nrose\n")
+    monkeypatch.setattr(uploaded, "MAX_MODEL_BYTES", 1000)
+    with pytest.raises(InvalidArgument, match="at most 0 MB"):
+        uploaded.save_model_upload("big.tflite", model, labels)
+    area = config.model_uploads_dir()
+    assert Path(first.ref).parent.parent == area
+    assert not [p.name for p in area.iterdir() if p.name.startswith(".")]  # no staging folder left behind
