@@ -8,8 +8,8 @@ changed), "warm cache" the same photos again. Targets (issue 12):
   warm worker, warm cache: first curve point <= 3 s after submission
   warm worker, cold cache: first curve point <= 6 s
   fixed cost per job in a warm worker (the job's wall time, submission to finished, minus a bare
-  `train_head` on the same bottlenecks in this process: everything but decode, forward and training
-  steps) <= 0.5 s
+  `train_head` on the same bottlenecks in this process, best of --repeats each, sampled in turn:
+  everything but decode, forward and training steps) <= 0.5 s
 and the warm worker's resident memory. All figures come from this one run, as ratios to the target.
 
     python bench/bench_first_point.py [--repeats 3] [--json]   # needs ../shared/assets
@@ -94,22 +94,24 @@ def first_point(source: Path) -> dict:
     }
 
 
-def bare_train_head(source: Path) -> float:
-    """Seconds of a bare train_head call (warm: traced once before) on the run's own bottlenecks."""
+def bare_train_head(source: Path):
+    """A bare train_head call (traced once first) on the run's own bottlenecks, in this process: returns
+    a function giving its seconds, so it can be sampled between the jobs (the machine is shared)."""
     from engine.runs.retrain import RunConfig, prepare
     from engine.training.config import TrainConfig
     from engine.training.head import train_head
 
     config = RunConfig(source=str(source), architecture=ARCH, train=TrainConfig(steps=STEPS))
     prepared = prepare(config)  # all cache hits by now
-    n = len(prepared.data.classes)
-    train_head(*prepared.part("train"), *prepared.part("validation"), n, config.train)  # trace
-    times = []
-    for _ in range(2):
+    args = (*prepared.part("train"), *prepared.part("validation"), len(prepared.data.classes), config.train)
+    train_head(*args)  # trace
+
+    def timed() -> float:
         start = time.perf_counter()
-        train_head(*prepared.part("train"), *prepared.part("validation"), n, config.train)
-        times.append(time.perf_counter() - start)
-    return min(times)
+        train_head(*args)
+        return time.perf_counter() - start
+
+    return timed
 
 
 def wait_preloaded(timeout: float = 180.0) -> float:
@@ -163,16 +165,21 @@ def measure(work: Path, repeats: int) -> dict:
     report["preload_s"] = round(wait_preloaded(), 2)
     report["preloaded_rss_mb"] = max((w.rss_mb or 0) for w in pool.list_workers())
     report["warm_cold"] = first_point(fresh_b)
-    report["warm_warm_cache"] = [first_point(fresh_a) for _ in range(repeats)]
+    bare, bare_s, warm = bare_train_head(fresh_a), [], []
+    for _ in range(repeats):  # a warm job, then the reference, in turn
+        warm.append(first_point(fresh_a))
+        bare_s.append(bare())
+    report["warm_warm_cache"] = warm
     workers = pool.list_workers()
     report["worker_rss_mb"] = max((w.rss_mb or 0) for w in workers)
     report["worker_jobs_done"] = max(w.jobs_done for w in workers)
-    report["warm_pids"] = sorted({r["pid"] for r in [report["warm_cold"], *report["warm_warm_cache"]]})
-    report["bare_train_head_s"] = round(bare_train_head(fresh_a), 3)
-    warm = report["warm_warm_cache"]
+    report["warm_pids"] = sorted({r["pid"] for r in [report["warm_cold"], *warm]})
+    report["bare_train_head_s"] = round(min(bare_s), 3)
     report["warm_first_point_s"] = statistics.median(r["first_point_s"] for r in warm)
-    report["warm_job_s"] = statistics.median(r["job_s"] for r in warm)
+    report["warm_job_s"] = min(r["job_s"] for r in warm)
     report["fixed_cost_s"] = round(report["warm_job_s"] - report["bare_train_head_s"], 3)
+    # the same, all inside one job: its wall time less its own training phase
+    report["outside_train_s"] = round(min(r["job_s"] - r["phases"].get("train", 0.0) for r in warm), 3)
     return report
 
 
@@ -187,9 +194,11 @@ def render(r: dict) -> str:
         f"  warm worker, warm cache (median of {len(r['warm_warm_cache'])})      : {warm:6.2f} s"
         f"  = {warm / TARGET_WARM:.2f} x the {TARGET_WARM:g} s target",
         f"  warm vs fresh, warm cache: {r['fresh_warm_cache']['first_point_s'] / warm:.1f} x sooner",
-        f"fixed cost per job in a warm worker: job {r['warm_job_s']}"
-        f" s - bare train_head {r['bare_train_head_s']} s = {fixed:.3f} s"
+        f"fixed cost per job in a warm worker: job {r['warm_job_s']} s - bare train_head"
+        f" {r['bare_train_head_s']} s (best of {len(r['warm_warm_cache'])} each) = {fixed:.3f} s"
         f"  = {fixed / TARGET_FIXED:.2f} x the {TARGET_FIXED:g} s target",
+        f"  within the job: wall time less its own train phase = {r['outside_train_s']:.3f} s"
+        f"  = {r['outside_train_s'] / TARGET_FIXED:.2f} x the target",
         f"  phases of a warm job: {r['warm_warm_cache'][-1]['phases']}",
         f"  recorded on the run: queue_seconds={r['warm_warm_cache'][-1]['queue_seconds']}"
         f" first_metric_seconds={r['warm_warm_cache'][-1]['first_metric_seconds']}",
