@@ -228,7 +228,7 @@ def test_train_two_runs(page, screenshot, e2e_dirs):
     assert seen_elsewhere == ["e2e lr=0.005"]
     no_exception(page)
     assert metric(page, "Test accuracy").endswith("%")
-    assert metric(page, "Bottleneck cache hits") == "200 of 200", "the second run must reuse every bottleneck"
+    assert metric(page, "Cache hits") == "200 of 200", "the second run must reuse every bottleneck"
     print(f"live views: first {first}, second {second}")
     assert second["live_curves"] >= 1, "curves must update while the job trains"
     screenshot(page, "07_train_second_done")
