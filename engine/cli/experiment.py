@@ -242,8 +242,8 @@ def cmd_lrfind(args: argparse.Namespace) -> int:
 _TABLES = {
     "lr_race": [("name", "run", False), ("final_validation_accuracy", "val acc", True),
                 ("test_accuracy", "test acc", True), ("steps_to_target", "steps to target", False),
-                ("seconds_to_target", "time to target", False), ("final_cross_entropy", "cross-entropy", False),
-                ("flag", "flag", False)],
+                ("seconds_to_target", "time to target", False),
+                ("final_cross_entropy", "cross-entropy", False), ("flag", "flag", False)],
     "freezing": [("name", "run", False), ("test_accuracy", "test acc", True),
                  ("head_test_accuracy", "head only", True),
                  ("trainable_parameters", "trainable params", False), ("seconds_per_step", "per step", False),
