@@ -221,9 +221,7 @@ def _classify_side_by_side(args: argparse.Namespace) -> int:
     choices += [lineup.imagenet_choice(name) for name in args.imagenet]
     keys = [c.key for c in choices]
     if len(set(keys)) < len(keys):
-        raise InvalidArgument(
-            f"a model is named twice: {', '.join(k for k in keys if keys.count(k) > 1)}"
-        )
+        raise InvalidArgument(f"a model is named twice: {', '.join(k for k in keys if keys.count(k) > 1)}")
     paths = _photo_paths(args.paths)
     classifiers = [lineup.load_choice(c) for c in choices]
     result = lineup.side_by_side(classifiers, paths, top_k=args.top_k, familiar=not args.no_familiar)
