@@ -466,15 +466,41 @@ def extract_zip(
             "name, or choose to replace it (replace=True)"
         )
     with ExitStack() as stack:
-        zf, size = _open_zip(source, label, stack)
-        budget = Budget(label, quota, replaced=final if replace else None)
-        plan = _plan(zf, label, size, budget)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=uploads_dir()))
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        budget = Budget(label, quota, replaced=final if replace else None)
+        unpack_zip(source, tmp, label, budget, progress, cancel)
+        root = find_class_root(tmp, f"The zip {label}")
+        return install_dir(root, final, replace=replace, exists_ok=False)
+
+
+def unpack_zip(
+    source: str | os.PathLike | bytes | BinaryIO,
+    dest_dir: Path,
+    label: str,
+    budget: Budget | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> None:
+    """Unpack a zip into the existing folder `dest_dir` with every check `extract_zip` makes.
+
+    The whole plan is checked before a byte is written (names, links, special files, encryption, entry
+    count, declared sizes and ratios); bytes are counted against `budget` while streaming. Nothing is
+    installed or cleaned up here: the caller owns `dest_dir` (extract_zip installs it as a dataset, a
+    batch classification reads it once and removes it).
+
+    Raises:
+        UnsafeArchive, DatasetError: as extract_zip.  Cancelled: between entries.
+    """
+    budget = budget or Budget(label, None)
+    with ExitStack() as stack:
+        zf, size = _open_zip(source, label, stack)
+        plan = _plan(zf, label, size, budget)
+        root = dest_dir.resolve()
         for i, (info, parts) in enumerate(plan):
             check_cancel(cancel)
-            dest = tmp.joinpath(*parts)
-            if not dest.resolve().is_relative_to(tmp.resolve()):
+            dest = dest_dir.joinpath(*parts)
+            if not dest.resolve().is_relative_to(root):
                 raise UnsafeArchive(
                     f"Refused archive {label}: entry {printable(info.filename)} escapes the target"
                 )
@@ -490,9 +516,7 @@ def extract_zip(
                     f"{label}: {printable(info.filename)}: cannot extract ({exc.strerror or exc})"
                 ) from None
             if i % 50 == 0 or i == len(plan) - 1:
-                emit(progress, "download", i + 1, len(plan), f"Unpacking {name}: {i + 1}/{len(plan)} files")
-        root = find_class_root(tmp, f"The zip {label}")
-        return install_dir(root, final, replace=replace, exists_ok=False)
+                emit(progress, "download", i + 1, len(plan), f"Unpacking {label}: {i + 1}/{len(plan)} files")
 
 
 def _tar_member_problem(member: tarfile.TarInfo) -> str | None:

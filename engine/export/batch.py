@@ -23,7 +23,7 @@ from engine import config
 from engine.data import archives, images
 from engine.errors import InvalidArgument, NotFound
 from engine.export.predict import expand_paths
-from engine.progress import CancelFn, ProgressFn, check_cancel, emit
+from engine.progress import CancelFn, ProgressFn, check_cancel
 
 CSV_NAME = "batch.csv"
 THUMBS_DIR = "photos"  # thumbnails of a zip's photos, kept beside the job's log once the zip is gone
@@ -173,36 +173,15 @@ def classify_folder(
 def _unpack(zip_path: Path, stack: ExitStack, progress: ProgressFn | None, cancel: CancelFn | None) -> Path:
     """Unpack with the archive module's checks into a temporary folder removed when `stack` closes.
 
-    Uses the same plan (every entry checked before a byte is written) and budget (bytes counted while
-    streaming) as archives.extract_zip, without its install step: a batch is not a dataset to keep, and may
-    hold loose photos rather than class folders.
+    archives.unpack_zip makes every check archives.extract_zip makes, without its install step: a batch is
+    not a dataset to keep, and may hold loose photos rather than class folders.
     """
     label = archives.printable(zip_path.name)
     parent = config.cache_dir() / "batches"
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".batch-", dir=parent))
     stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-    zf, size = archives._open_zip(zip_path, label, stack)
-    budget = archives.Budget(label, None)
-    plan = archives._plan(zf, label, size, budget)
-    for i, (info, parts) in enumerate(plan):
-        check_cancel(cancel)
-        dest = tmp.joinpath(*parts)
-        if not dest.resolve().is_relative_to(tmp.resolve()):
-            raise archives.UnsafeArchive(
-                f"Refused archive {label}: entry {archives.printable(info.filename)} escapes the target"
-            )
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            archives._copy_entry(zf, info, dest, label, budget)
-        except archives.UnsafeArchive:
-            raise
-        except Exception as exc:  # corrupt entry, a file where a folder should be, a full disk
-            raise archives.DatasetError(
-                f"{label}: {archives.printable(info.filename)}: cannot extract ({exc})"
-            ) from None
-        if i % 50 == 0 or i == len(plan) - 1:
-            emit(progress, "download", i + 1, len(plan), f"Unpacking {label}: {i + 1} of {len(plan)} files")
+    archives.unpack_zip(zip_path, tmp, label, progress=progress, cancel=cancel)
     return tmp
 
 
