@@ -6,8 +6,10 @@ weights, so it runs offline. Screenshots go to tests/_artifacts/screenshots/ (gi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from engine import config
+from engine.runs.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_ASSETS = ROOT.parent / "shared" / "assets"  # the same offline assets as tests/conftest.py
@@ -77,12 +82,16 @@ def start_server(lab_home: Path, keras_home: Path, log_path: Path) -> tuple[subp
                     return proc, url
         except OSError:
             time.sleep(0.5)
-    stop_server(proc)
+    stop_server(proc, lab_home)
     raise RuntimeError(f"streamlit did not answer within {STARTUP_SECONDS} s; see {log_path}")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    """Stop the server and any worker it started (they share its process group only if not detached)."""
+def stop_server(proc: subprocess.Popen, lab_home: Path | None = None) -> None:
+    """Stop the server, then the warm job workers it left in `lab_home`.
+
+    Warm workers are detached on purpose (jobs outlive the page that started them) and wait up to
+    LAB_WORKER_IDLE_SECONDS for work: a finished test server's ones would hold ~0.7 GB each for minutes.
+    """
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -90,6 +99,10 @@ def stop_server(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+    if lab_home is not None and config.store_file(lab_home).exists():
+        for worker in RunStore(config.store_file(lab_home)).list_workers():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.pid, signal.SIGTERM)  # a warm worker leads its own process group
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +120,7 @@ def e2e_dirs(tmp_path_factory) -> dict[str, Path]:
 def app_url(e2e_dirs) -> str:
     proc, url = start_server(e2e_dirs["lab_home"], e2e_dirs["keras_home"], e2e_dirs["base"] / "streamlit.log")
     yield url
-    stop_server(proc)
+    stop_server(proc, e2e_dirs["lab_home"])
 
 
 @pytest.fixture(scope="session")

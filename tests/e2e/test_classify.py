@@ -45,7 +45,7 @@ def classify_app(e2e_dirs, assets) -> tuple[str, str]:
         run_id = retrain(config).run_id
     proc, url = start_server(lab_home, e2e_dirs["keras_home"], e2e_dirs["base"] / "streamlit_classify.log")
     yield url, run_id
-    stop_server(proc)
+    stop_server(proc, lab_home)
 
 
 def open_classify(browser, app_url: str, width: int, height: int, phone: bool = False):
