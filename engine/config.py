@@ -244,3 +244,8 @@ def user_quota_bytes() -> int | None:
 def litert_dir() -> Path:
     """Backbones converted to LiteRT for extraction, one .tflite per (backbone, weights, versions)."""
     return _sub(None, "cache", "litert")
+
+
+def onnx_dir() -> Path:
+    """Backbones converted to ONNX for extraction, one .onnx per (backbone, weights, versions)."""
+    return _sub(None, "cache", "onnx")

@@ -18,9 +18,11 @@ SMALL = "mobilenet_0.25_128"
 
 @pytest.fixture(autouse=True)
 def _forget_loaded_extractors():
-    extract._LITE.clear()  # each test has its own LAB_HOME: nothing converted carries over
+    for kept in extract._FAST.values():  # each test has its own LAB_HOME: nothing converted carries over
+        kept.clear()
     yield
-    extract._LITE.clear()
+    for kept in extract._FAST.values():
+        kept.clear()
 
 
 @pytest.mark.slow
@@ -47,7 +49,7 @@ def test_litert_features_match_tensorflow_on_real_weights_and_photos(
 def test_a_converted_backbone_is_loaded_from_disk_without_building_keras(tmp_path, monkeypatch):
     first = feature_extractor(SMALL, "random", runtime="litert")
     assert first.runtime == "litert" and first.model is None
-    extract._LITE.clear()
+    extract._FAST["litert"].clear()
 
     def no_build(*args, **kwargs):
         raise AssertionError("the Keras model was built although the converted backbone is on disk")
@@ -55,6 +57,7 @@ def test_a_converted_backbone_is_loaded_from_disk_without_building_keras(tmp_pat
     monkeypatch.setattr(extract, "_build_extractor", no_build)
     again = feature_extractor(SMALL, "random", runtime="auto", images=3)  # few images: no conversion
     assert again.runtime == "litert" and again.forward.path == first.forward.path
+    assert litert.details(model_key(SMALL, "random"))["cpu_ms_per_image"] > 0  # timed at conversion
     # the input is resized to a batch once and kept; another size resizes, then back
     pixels = np.random.default_rng(1).uniform(0, 255, (5, 128, 128, 3)).astype(np.float32)
     out5 = again.run(pixels)
@@ -99,7 +102,7 @@ def test_a_conversion_that_disagrees_falls_back_to_tensorflow_with_its_reason(tm
     assert not litert.cached(key) and "differ" in litert.known_failure(key)
     # remembered: "auto" does not convert again, and says why it used TensorFlow
     monkeypatch.setattr(litert, "convert", lambda *a, **k: pytest.fail("converted again"))
-    fallback = feature_extractor(SMALL, "random", runtime="auto")
+    fallback = feature_extractor(SMALL, "random", runtime="auto", images=3)
     assert fallback.runtime == "tensorflow" and "differ from TensorFlow's" in fallback.fallback_reason
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.data import images
 from engine.errors import BadImage, InvalidArgument, LabError
-from engine.features import litert
+from engine.features import litert, onnx_forward
 from engine.features.cache import FeatureCache, file_hash, model_key
 from engine.features.decode import decode_dataset
 from engine.models import backbones
@@ -42,8 +42,8 @@ class ExtractionStats:
     # inputs left out because their file could not be read or decoded: {"path", "reason"} each,
     # so a run lists them instead of failing on one truncated or corrupt image
     skipped: tuple[dict[str, str], ...] = ()
-    # which runtime ran the backbone ("litert" or "tensorflow"; "" when nothing was extracted),
-    # and why not LiteRT when TensorFlow did
+    # which runtime ran the backbone ("litert", "onnx" or "tensorflow"; "" when nothing was
+    # extracted), and why neither converted runtime when TensorFlow did
     runtime: str = ""
     fallback_reason: str = ""
 
@@ -68,16 +68,17 @@ class FeatureSet:
 class Extractor:
     """A built backbone behind one forward function (0..255 pixels -> features).
 
-    `runtime` says which runtime runs it: "litert" (the converted backbone of engine/features/litert,
-    XNNPACK; `model` is None, the Keras model was not even built) or "tensorflow" (one compiled
-    tf.function over `model`), with `fallback_reason` saying why LiteRT was not used.
+    `runtime` says which runtime runs it: "litert" or "onnx" (the converted backbone of
+    engine/features/litert, XNNPACK, or engine/features/onnx_forward, ONNX Runtime's CPU provider;
+    `model` is None, the Keras model was not even built) or "tensorflow" (one compiled tf.function
+    over `model`), with `fallback_reason` saying why no converted runtime was used.
     """
 
     name: str
     key: str  # model_key(...) of the weights it was built with
     input_size: int
     feature_dim: int
-    model: Any  # the keras.Model (backbones.build_feature_extractor); None for LiteRT
+    model: Any  # the keras.Model (backbones.build_feature_extractor); None for LiteRT and ONNX
     forward: Any  # float32 (batch, size, size, 3) -> (batch, feature_dim), a tensor or an array
     build_seconds: float  # building (or loading, or converting) plus tracing the forward function
     runtime: str = "tensorflow"
@@ -89,8 +90,10 @@ class Extractor:
         return out.numpy() if hasattr(out, "numpy") else out
 
 
-RUNTIMES = ("auto", "litert", "tensorflow")
-# "auto" converts a backbone to LiteRT only for a call with at least this many images to extract:
+# the converted runtimes, each a module with available/known_failure/cached/details/load/convert
+CONVERTED = {"litert": litert, "onnx": onnx_forward}
+RUNTIMES = ("auto", *CONVERTED, "tensorflow")
+# "auto" converts a backbone only for a call with at least this many images to extract:
 # converting costs several seconds once (then it is on disk for every later call), more than a
 # small extraction saves; an already converted backbone is used for any number of images.
 CONVERT_MIN_IMAGES = 1000
@@ -108,52 +111,99 @@ def feature_extractor(
 ) -> Extractor:
     """The extractor for (backbone, weights, seed); the last two of each runtime stay in memory.
 
-    runtime "tensorflow": TensorFlow's compiled forward. "litert": the LiteRT backbone, converted
-    first when it is not on disk (progress phase "convert", cancellable between steps); raises
-    LabError when it cannot be used. "auto": LiteRT when converted already, or when `images` (to
-    extract) is None or >= CONVERT_MIN_IMAGES; else, or when LiteRT fails, TensorFlow with
-    `fallback_reason` set.
+    runtime "tensorflow": TensorFlow's compiled forward. "litert" / "onnx": that converted
+    backbone, converted first when it is not on disk (progress phase "convert", cancellable between
+    steps); raises LabError when it cannot be used. "auto": the faster converted runtime, by the
+    rule of `_auto_extractor` (each conversion times its forward pass on the same probe batch, in
+    process CPU ms per image, and records it next to its file; the lower figure wins); converting
+    only when `images` (to extract) is None or >= CONVERT_MIN_IMAGES. When neither can be had,
+    TensorFlow with `fallback_reason` set.
     """
     if runtime not in RUNTIMES:
         raise InvalidArgument(f"runtime must be one of {', '.join(RUNTIMES)}, got runtime={runtime!r}")
     key = model_key(backbone, weights, seed)
     if runtime == "tensorflow":
         return _build_extractor(backbone, weights, seed, key)
-    reason = litert.available() or litert.known_failure(key)
-    few = images is not None and images < CONVERT_MIN_IMAGES
-    if reason is None and runtime == "auto" and few and not litert.cached(key):
-        reason = f"not converted to LiteRT yet, and {images} images do not repay converting"
-    if reason is None:
-        lite = _lite_extractor(backbone, weights, seed, key, progress, cancel)
-        if isinstance(lite, Extractor):
-            return lite
-        reason = lite
-    if runtime == "litert":
-        raise LabError(f"{backbone} cannot run in LiteRT: {reason}")
-    return replace(_build_extractor(backbone, weights, seed, key), fallback_reason=reason)
+    if runtime in CONVERTED:
+        fast = _converted_extractor(runtime, backbone, weights, seed, key, progress, cancel)
+        if isinstance(fast, Extractor):
+            return fast
+        label = "LiteRT" if runtime == "litert" else "ONNX Runtime"
+        raise LabError(f"{backbone} cannot run in {label}: {fast}")
+    return _auto_extractor(backbone, weights, seed, key, images, progress, cancel)
 
 
-_LITE: dict[str, Extractor] = {}  # model key -> loaded LiteRT extractor (the last two)
+def _auto_extractor(name, weights, seed, key, images, progress, cancel) -> Extractor:
+    """Runtime "auto": the faster converted runtime for `key`, else TensorFlow with the reasons.
+
+    The rule: a runtime that cannot run here, or whose conversion was refused before, is out. When
+    `images` is None or >= CONVERT_MIN_IMAGES, each remaining one is converted if it is not on disk
+    yet (a conversion times its forward pass on the probe batch and records the CPU ms per image
+    next to its file); otherwise only those already on disk count. Of these, the one with the lower
+    recorded figure runs (a file without a figure sorts last).
+    """
+    reasons: list[str] = []
+    usable = []
+    convert = images is None or images >= CONVERT_MIN_IMAGES
+    for runtime, module in CONVERTED.items():
+        reason = module.available() or module.known_failure(key)
+        if reason:
+            reasons.append(reason)
+        elif convert or module.cached(key):
+            usable.append(runtime)
+    if not usable and not reasons:
+        reasons.append(f"not converted yet, and {images} images do not repay converting")
+    loaded = {}
+    for runtime in [r for r in usable if convert and not CONVERTED[r].cached(key)]:
+        made = _converted_extractor(runtime, name, weights, seed, key, progress, cancel)
+        if isinstance(made, Extractor):
+            loaded[runtime] = made
+        else:
+            reasons.append(made)
+            usable.remove(runtime)
+    for runtime in sorted(usable, key=lambda r: _recorded_cost(r, key)):
+        fast = loaded.get(runtime) or _converted_extractor(
+            runtime, name, weights, seed, key, progress, cancel
+        )
+        if isinstance(fast, Extractor):
+            return fast
+        reasons.append(fast)
+    return replace(_build_extractor(name, weights, seed, key), fallback_reason="; ".join(reasons))
 
 
-def _lite_extractor(name, weights, seed, key, progress, cancel) -> Extractor | str:
-    """The LiteRT extractor of `key`, converting it first if needed; or why it cannot be had."""
-    if key in _LITE:
-        return _LITE[key]
+def _recorded_cost(runtime: str, key: str) -> float:
+    """The CPU ms per image the conversion of `key` to `runtime` measured (inf when not recorded)."""
+    figure = CONVERTED[runtime].details(key).get("cpu_ms_per_image")
+    return float(figure) if isinstance(figure, int | float) and figure > 0 else float("inf")
+
+
+# runtime -> {model key -> loaded converted extractor} (the last two of each runtime)
+_FAST: dict[str, dict[str, Extractor]] = {runtime: {} for runtime in CONVERTED}
+
+
+def _converted_extractor(runtime, name, weights, seed, key, progress, cancel) -> Extractor | str:
+    """The `runtime` ("litert"/"onnx") extractor of `key`, converting first if needed; or why not."""
+    kept = _FAST[runtime]
+    if key in kept:
+        return kept[key]
+    module = CONVERTED[runtime]
+    reason = module.available() or module.known_failure(key)
+    if reason:
+        return reason
     start = time.perf_counter()
     entry = backbones.get_backbone(name)
-    forward = litert.load(key)
+    forward = module.load(key)
     if forward is None:
         model = _build_extractor(name, weights, seed, key).model
-        forward, reason, _ = litert.convert(key, model, entry.input_size, progress, cancel)
+        forward, reason, _ = module.convert(key, model, entry.input_size, progress, cancel)
         if forward is None:
             return reason
     seconds = time.perf_counter() - start
     entry_dims = (entry.input_size, entry.feature_dim)
-    extractor = Extractor(entry.name, key, *entry_dims, None, forward, seconds, "litert")
-    while len(_LITE) >= 2:
-        _LITE.pop(next(iter(_LITE)))
-    _LITE[key] = extractor
+    extractor = Extractor(entry.name, key, *entry_dims, None, forward, seconds, runtime)
+    while len(kept) >= 2:
+        kept.pop(next(iter(kept)))
+    kept[key] = extractor
     return extractor
 
 
@@ -260,15 +310,16 @@ def extract_features(
         progress: receives phase "extract" events (done/total images, hits, misses).
         cancel: checked between batches; batches already extracted stay cached.
         cache: defaults to `FeatureCache()` under `config.cache_dir()`.
-        runtime: "auto", "litert" or "tensorflow" (see `feature_extractor`); both runtimes give
-            features within litert.TOLERANCE of each other, so they share the cache key.
+        runtime: "auto", "litert", "onnx" or "tensorflow" (see `feature_extractor`); all give
+            features within 1e-4 (litert/onnx_forward.TOLERANCE) of TensorFlow's, so they share
+            the cache key.
 
     Returns:
         FeatureSet with features (N kept, feature_dim) float32, the content hashes, the kept input
         indices and stats (skipped inputs included).
 
     Raises:
-        Cancelled, NotFound, InvalidArgument, WeightsMissing; LabError (runtime "litert" only).
+        Cancelled, NotFound, InvalidArgument, WeightsMissing; LabError (runtime "litert" or "onnx" only).
     """
     start = time.perf_counter()
     _check_args(backbone, weights, batch_size)

@@ -7,7 +7,10 @@ layer included, so the pixels fed are the same 0..255 floats as TensorFlow's) in
 made it. Conversion has steps (export the graph, convert, check against TensorFlow), each one a
 progress event with a cancel check between them. The check feeds a fixed batch of pixels to
 both runtimes: when they differ by more than `TOLERANCE` (max abs) the file is not used, and the
-reason is remembered next to it so the next extraction does not convert again.
+reason is remembered next to it so the next extraction does not convert again. The same probe
+batch times the forward pass (process CPU ms per image, best of a few runs), recorded in the JSON
+next to the file: extract.py's "auto" compares it with ONNX Runtime's figure, measured the same way
+(engine/features/onnx_forward.py), to run each backbone in the faster of the two.
 
 Features from both runtimes therefore agree within `TOLERANCE`, and the cache keeps one key for
 them (tests/test_litert_extract.py checks the agreement on the real weights and photos).
@@ -21,6 +24,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +35,9 @@ from engine.machine import usable_cores
 from engine.progress import CancelFn, ProgressFn, check_cancel, emit
 
 TOLERANCE = 1e-4  # max abs difference from TensorFlow's features that LiteRT's may have
-FORMAT_VERSION = "litert-backbone-v1"  # bump when the conversion changes
+FORMAT_VERSION = "litert-backbone-v2"  # bump when the conversion changes (v2: timed at conversion)
 _PROBE_IMAGES = 4
+_TIMING_RUNS = 3
 STEPS = 3
 
 
@@ -112,6 +117,15 @@ def known_failure(key: str) -> str | None:
         return None
 
 
+def details(key: str) -> dict[str, Any]:
+    """What the conversion of `key` recorded (max_abs_diff, cpu_ms_per_image, ...); {} if nothing."""
+    try:
+        data = json.loads(model_path(key).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def load(key: str) -> LiteForward | None:
     """The converted backbone of `key` if it is on disk and loads; a damaged file is removed."""
     path = model_path(key)
@@ -124,8 +138,24 @@ def load(key: str) -> LiteForward | None:
         return None
 
 
-def _probe(size: int) -> np.ndarray:
+def probe(size: int) -> np.ndarray:
+    """The fixed pixels the agreement check and the timing use (ONNX Runtime's conversion too)."""
     return np.random.default_rng(0).integers(0, 256, (_PROBE_IMAGES, size, size, 3)).astype(np.float32)
+
+
+def cpu_ms_per_image(forward, pixels: np.ndarray, runs: int = _TIMING_RUNS) -> float:
+    """Process CPU milliseconds per image of `forward(pixels)`, best of `runs` after one warm-up.
+
+    CPU time, not wall time: other processes on a shared machine barely move it, so two runtimes
+    timed at different moments still compare.
+    """
+    forward(pixels)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.process_time()
+        forward(pixels)
+        best = min(best, time.process_time() - start)
+    return best / len(pixels) * 1000
 
 
 def convert(
@@ -168,13 +198,14 @@ def convert(
         step(2, f"Converting {name} to LiteRT: checking against TensorFlow (step 3 of {STEPS})")
         candidate = work / "model.tflite"
         candidate.write_bytes(flatbuffer)
-        probe = _probe(input_size)
+        pixels = probe(input_size)
         lite = LiteForward(candidate)
-        diff = float(np.max(np.abs(lite(probe) - model(probe, training=False).numpy())))
+        diff = float(np.max(np.abs(lite(pixels) - model(pixels, training=False).numpy())))
         details["max_abs_diff"] = diff
         if not np.isfinite(diff) or diff > TOLERANCE:
             reason = f"LiteRT features differ from TensorFlow's by {diff:.2e} (max abs) > {TOLERANCE:g}"
             return None, _remember(path, reason, details), details
+        details["cpu_ms_per_image"] = round(cpu_ms_per_image(lite, pixels), 3)
         check_cancel(cancel)
         os.replace(candidate, path)  # atomic: readers see the whole checked file or none
         _failure_path(path).unlink(missing_ok=True)
