@@ -6,21 +6,25 @@ this one run, interleaved per round, after a warm-up (model built and traced onc
   decode     the engine's own tf.data decode + resize pipeline alone (dataset built outside the clock)
   forward    TensorFlow's compiled forward function on pre-decoded batches
   forward_litert  the same backbone converted to LiteRT (XNNPACK, engine/features/litert.py)
+  forward_onnx    the same backbone converted to ONNX, in ONNX Runtime's CPU provider (graph
+             optimisation ALL, one intra-op thread per usable core; engine/features/onnx_forward.py)
   limit      1 / (1/decode + 1/fastest forward): decoding, then running the model, each with all
-             the cores; limit_tf (the old limit) uses TensorFlow's forward
+             the cores, with the fastest of the three forwards measured in that round; limit_tf
+             (the old limit) uses TensorFlow's forward
   engine     extract_features on scanned records with an empty cache (hashing, lookup, pipeline,
-             model, cache writes), runtime "auto" (LiteRT: the backbone was converted in warm-up);
-             engine_tensorflow the same with runtime="tensorflow"
-  inception  InceptionV3 (random weights) on every 4th photo: engine (LiteRT) against TensorFlow's
-             batched forward alone (issue 12: >= 2x)
+             model, cache writes), runtime "auto" (the backbone was converted to both runtimes in
+             warm-up; "auto" runs the one its conversion timed faster); engine_tensorflow the same
+             with runtime="tensorflow"
+  inception  InceptionV3 (random weights) on every 4th photo: engine ("auto") against TensorFlow's
+             batched forward alone (issue 12: >= 2x), with the LiteRT and ONNX Runtime forwards
+             alone beside them
   per-image  retrain.py's way: decode one image, call the model on a batch of 1, for each image;
              "model()" calls the Keras model directly (judged), "compiled" calls the engine's
              tf.function, the analogue of retrain.py's sess.run (printed for information: a
              batch-1 forward of this small model costs only ~2.5x a batched one, so no batching
              can be 15x faster than it)
 Targets (issues 2 and 12): engine >= 0.85 x limit, engine >= 15 x per-image model() calls,
-InceptionV3 extraction >= 2 x TensorFlow's batched forward. ONNX Runtime is not measured: LiteRT
-is the fastest forward pass measured here.
+InceptionV3 extraction >= 2 x TensorFlow's batched forward.
 
 The machine is shared: every measurement also records the CPU other processes used meanwhile
 (from /proc/stat). A round is "quiet" when they used under 10% of the machine during each of its
@@ -104,6 +108,7 @@ def make_measures(
     extractor = feature_extractor(BACKBONE, weights, runtime="tensorflow")
     # converted once here (a worker keeps it on disk), outside the clock, like the traced function
     lite = feature_extractor(BACKBONE, weights, runtime="litert")
+    onnx = feature_extractor(BACKBONE, weights, runtime="onnx")
     size = extractor.input_size
     decoded = list(pipeline.decode_dataset(paths, flags, size, batch_size))
     decoded_np = [b.numpy() for b in decoded]
@@ -118,6 +123,9 @@ def make_measures(
 
     def forward_litert():
         return measure(len(paths), lambda: [lite.run(b) for b in decoded_np])
+
+    def forward_onnx():
+        return measure(len(paths), lambda: [onnx.run(b) for b in decoded_np])
 
     def engine(settings=None, batch=batch_size, runtime="auto", name=BACKBONE, wts=weights, recs=records):
         cache = FeatureCache(tmp / f"cache{next(caches)}")  # empty every time
@@ -150,12 +158,14 @@ def make_measures(
             "decode": decode,
             "forward": forward,
             "forward_litert": forward_litert,
+            "forward_onnx": forward_onnx,
             **sweep_measures(engine),
         }
     measures = {
         "decode": decode,
         "forward": forward,
         "forward_litert": forward_litert,
+        "forward_onnx": forward_onnx,
         "engine": engine,
         "engine_tensorflow": functools.partial(engine, runtime="tensorflow"),
         "per_image_call": per_image_call,
@@ -163,7 +173,9 @@ def make_measures(
     }
     if inception:  # the big backbone: random weights (same cost), on every 4th photo
         inc = feature_extractor(INCEPTION, "random", runtime="tensorflow")
-        feature_extractor(INCEPTION, "random", runtime="litert")  # converted outside the clock
+        # converted to both outside the clock (as a worker finds them on disk)
+        inc_lite = feature_extractor(INCEPTION, "random", runtime="litert")
+        inc_onnx = feature_extractor(INCEPTION, "random", runtime="onnx")
         inc_records = records[::4]
         inc_batches = [
             b.numpy()
@@ -173,6 +185,12 @@ def make_measures(
         ]
         measures["inception_forward_tf"] = lambda: measure(
             len(inc_records), lambda: [inc.forward(b).numpy() for b in inc_batches]
+        )
+        measures["inception_forward_litert"] = lambda: measure(
+            len(inc_records), lambda: [inc_lite.run(b) for b in inc_batches]
+        )
+        measures["inception_forward_onnx"] = lambda: measure(
+            len(inc_records), lambda: [inc_onnx.run(b) for b in inc_batches]
         )
         measures["inception_engine"] = functools.partial(
             engine, name=INCEPTION, wts="random", recs=inc_records
@@ -228,7 +246,7 @@ def run_rounds(measures: dict, rounds: int) -> list[dict]:
             "others": {k: v["others"] for k, v in results.items()},
         }
         # limit: decode (+) the fastest forward pass here; limit_tf: decode (+) TensorFlow's (the old one)
-        fastest = max(row["rate"]["forward"], row["rate"].get("forward_litert", 0.0))
+        fastest = max(row["rate"][k] for k in ("forward", "forward_litert", "forward_onnx"))
         row["limit"] = 1 / (1 / row["rate"]["decode"] + 1 / fastest)
         row["limit_tf"] = 1 / (1 / row["rate"]["decode"] + 1 / row["rate"]["forward"])
         row["runtime"] = {k: v["runtime"] for k, v in results.items() if "runtime" in v}
@@ -279,6 +297,7 @@ def report_targets(rows: list[dict]) -> tuple[bool, dict]:
             lambda r: r["rate"]["engine_tensorflow"] / r["limit_tf"]
         ),
         "LiteRT forward/TensorFlow forward": lambda r: r["rate"]["forward_litert"] / r["rate"]["forward"],
+        "ONNX Runtime forward/TensorFlow forward": lambda r: r["rate"]["forward_onnx"] / r["rate"]["forward"],
         "engine/per-image model()": lambda r: r["rate"]["engine"] / r["rate"]["per_image_call"],
         "engine/per-image compiled": lambda r: r["rate"]["engine"] / r["rate"]["per_image_compiled"],
     }
@@ -291,7 +310,14 @@ def report_targets(rows: list[dict]) -> tuple[bool, dict]:
         f"{cpu['decode'] + cpu['forward']:.2f}; engine {cpu['engine']:.2f} "
         f"(x{cpu['engine'] / (cpu['decode'] + cpu['forward']):.2f}); per-image model() "
         f"{cpu['per_image_call']:.2f}, compiled {cpu['per_image_compiled']:.2f}; LiteRT forward "
-        f"{cpu['forward_litert']:.2f}, engine with TensorFlow {cpu['engine_tensorflow']:.2f}"
+        f"{cpu['forward_litert']:.2f}, ONNX Runtime forward {cpu['forward_onnx']:.2f}, engine with "
+        f"TensorFlow {cpu['engine_tensorflow']:.2f}"
+    )
+    fastest = min(("forward", "forward_litert", "forward_onnx"), key=cpu.get)
+    print(
+        f"fastest forward by CPU ms/img: {fastest}; CPU limit decode + fastest forward = "
+        f"{cpu['decode'] + cpu[fastest]:.2f} ms/img, engine / that: "
+        f"x{(cpu['decode'] + cpu[fastest]) / cpu['engine']:.2f} (as a rate ratio)"
     )
     basis_rows, basis = judged(rows)
     print(
@@ -309,6 +335,16 @@ def report_targets(rows: list[dict]) -> tuple[bool, dict]:
         inc = [r["rate"]["inception_engine"] / r["rate"]["inception_forward_tf"] for r in rows]
         print(
             "per round InceptionV3 engine/TensorFlow batched forward: " + ", ".join(f"{v:.2f}" for v in inc)
+        )
+        runtimes = sorted({r["runtime"].get("inception_engine", "") for r in rows})
+        inc_fastest = min(cpu["inception_forward_litert"], cpu["inception_forward_onnx"])
+        print(
+            f"median CPU ms/img InceptionV3: TensorFlow forward {cpu['inception_forward_tf']:.1f}, "
+            f"LiteRT forward {cpu['inception_forward_litert']:.1f}, ONNX Runtime forward "
+            f"{cpu['inception_forward_onnx']:.1f}, engine {cpu['inception_engine']:.1f} "
+            f"(runtime {'/'.join(runtimes)}); CPU ratio TensorFlow forward / engine "
+            f"x{cpu['inception_forward_tf'] / cpu['inception_engine']:.2f}, / fastest forward alone "
+            f"x{cpu['inception_forward_tf'] / inc_fastest:.2f}"
         )
         ok &= verdict(
             "InceptionV3 extraction / TensorFlow batched forward",
