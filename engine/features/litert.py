@@ -199,7 +199,7 @@ def convert(
             flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(work / "saved_model")).convert()
         except Exception as exc:
             return None, _remember(path, _failed("conversion", exc), details), details
-        step(2, f"Converting {name} to LiteRT: checking against TensorFlow (step 3 of {STEPS})")
+        step(2, f"Converting {name} to LiteRT: checking against TensorFlow and timing (step 3 of {STEPS})")
         candidate = work / "model.tflite"
         candidate.write_bytes(flatbuffer)
         pixels = probe(input_size)

@@ -175,7 +175,7 @@ def convert(
             _to_onnx(work / "saved_model", candidate)
         except Exception as exc:
             return None, _remember(path, _failed("conversion", exc), info), info
-        step(2, f"Converting {name} to ONNX: checking against TensorFlow (step 3 of {STEPS})")
+        step(2, f"Converting {name} to ONNX: checking against TensorFlow and timing (step 3 of {STEPS})")
         pixels = probe(input_size)
         try:
             forward = OnnxForward(candidate)
