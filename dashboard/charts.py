@@ -61,7 +61,7 @@ METRIC_LABELS = {
 }
 
 
-def _figure(title: str, x_title: str, y_title: str, height: int = 380) -> go.Figure:
+def figure(title: str, x_title: str, y_title: str, height: int = 380) -> go.Figure:
     fig = go.Figure()
     fig.update_layout(
         template=TEMPLATE,
@@ -225,7 +225,7 @@ def training_curves(history: pd.DataFrame, metric: str = "accuracy", smoothing: 
         smoothing: TensorBoard-style smoothing weight in [0, 1).
     """
     title = {"accuracy": "Accuracy", "cross_entropy": "Cross-entropy"}.get(metric, metric)
-    fig = _figure(title, "Training step", METRIC_LABELS.get(metric, metric), height=340)
+    fig = figure(title, "Training step", METRIC_LABELS.get(metric, metric), height=340)
     if history.empty:
         return _empty(fig, "Waiting for the first evaluation…")
     for split in ("train", "validation"):
@@ -246,7 +246,7 @@ def compare_curves(
         histories: columns `run` (label), `step`, `<split>_<metric>`.
     """
     title = f"{split.capitalize()} {METRIC_LABELS.get(metric, metric).split(' (')[0].lower()} by run"
-    fig = _figure(title, "Training step", METRIC_LABELS.get(metric, metric))
+    fig = figure(title, "Training step", METRIC_LABELS.get(metric, metric))
     column = f"{split}_{metric}"
     if histories.empty or column not in histories:
         return _empty(fig, "No history recorded for these runs")
@@ -259,7 +259,7 @@ def compare_curves(
 
 def per_class_accuracy(frame: pd.DataFrame) -> go.Figure:
     """Bars of test accuracy per class; `frame` has columns `class`, `accuracy` (+ optional `run`)."""
-    fig = _figure("Test accuracy per class", "Class", "Accuracy (fraction correct)", height=340)
+    fig = figure("Test accuracy per class", "Class", "Accuracy (fraction correct)", height=340)
     if frame.empty:
         return _empty(fig, "No test images")
     if "run" in frame:
@@ -284,7 +284,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
     """Heatmap of test counts, true class down, predicted class across."""
     z = np.asarray(matrix, dtype=int)
     size = max(320, 60 * len(class_names) + 140)
-    fig = _figure("Confusion matrix (test split)", "Predicted class", "True class", height=min(size, 720))
+    fig = figure("Confusion matrix (test split)", "Predicted class", "True class", height=min(size, 720))
     if z.size == 0:
         return _empty(fig, "No test images")
     fig.add_trace(
@@ -308,7 +308,7 @@ def phase_timings(frame: pd.DataFrame) -> go.Figure:
 
     Phases stack in the order they first appear in `frame`.
     """
-    fig = _figure("Time per phase", "Wall time (s)", "", height=max(240, 70 * frame["run"].nunique() + 140))
+    fig = figure("Time per phase", "Wall time (s)", "", height=max(240, 70 * frame["run"].nunique() + 140))
     if frame.empty:
         return _empty(fig, "No phase timings recorded")
     hover = "%{y}<br>{series}: %{x:.2f} s<extra></extra>"
@@ -333,7 +333,7 @@ def wrap_label(text: str, width: int) -> str:
 
 def metric_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str) -> go.Figure:
     """One bar per run for a final metric; columns `run` and `column`."""
-    fig = _figure(title, "Run", axis_title, height=320)
+    fig = figure(title, "Run", axis_title, height=320)
     if frame.empty or frame[column].isna().all():
         return _empty(fig, "No values yet")
     percent = "accuracy" in column
@@ -355,7 +355,7 @@ def metric_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str) -
 
 def top_k(frame: pd.DataFrame, title: str = "Top-5") -> go.Figure:
     """Horizontal bars of the top-k classes; columns `label`, `probability` (best first)."""
-    fig = _figure(title, "Probability", "Class", height=70 + 38 * max(len(frame), 1) + 60)
+    fig = figure(title, "Probability", "Class", height=70 + 38 * max(len(frame), 1) + 60)
     if frame.empty:
         return _empty(fig, "No prediction")
     fig.add_trace(
@@ -377,7 +377,7 @@ def top_k(frame: pd.DataFrame, title: str = "Top-5") -> go.Figure:
 
 def class_counts(frame: pd.DataFrame) -> go.Figure:
     """Stacked bars of images per class and split; columns `class`, `split`, `images`."""
-    fig = _figure("Images per class and split", "Class", "Images (count)", height=340)
+    fig = figure("Images per class and split", "Class", "Images (count)", height=340)
     if frame.empty:
         return _empty(fig, "No images")
     grouped_bars(
@@ -410,7 +410,7 @@ KIND_COLORS = {
 
 def arch_blocks_stacked(frame: pd.DataFrame, title: str, y_title: str) -> go.Figure:
     """Stacked bars per block by layer kind; columns `block`, `kind`, `value` (block order kept)."""
-    fig = _figure(title, "Block", y_title, height=360)
+    fig = figure(title, "Block", y_title, height=360)
     if frame.empty:
         return _empty(fig, "Nothing to show")
     order = list(dict.fromkeys(frame["block"]))
@@ -435,7 +435,7 @@ def arch_blocks_stacked(frame: pd.DataFrame, title: str, y_title: str) -> go.Fig
 
 def arch_cost_scatter(frame: pd.DataFrame) -> go.Figure:
     """Backbones by cost and size; columns `backbone`, `macs_m`, `params_m` (log axes)."""
-    fig = _figure(
+    fig = figure(
         "Cost against size", "Multiply-accumulates per image (millions, log)", "Parameters (millions, log)"
     )
     if frame.empty:
@@ -468,7 +468,7 @@ def arch_cost_scatter(frame: pd.DataFrame) -> go.Figure:
 
 def cost_comparison(frame: pd.DataFrame, title: str) -> go.Figure:
     """Horizontal bars of MACs; columns `what`, `macs` (first row on top)."""
-    fig = _figure(title, "MACs (millions)", "", height=110 + 44 * max(len(frame), 1))
+    fig = figure(title, "MACs (millions)", "", height=110 + 44 * max(len(frame), 1))
     if frame.empty:
         return _empty(fig, "Nothing to compare")
     colors = [PALETTE[3] if "standard" in str(w) else PALETTE[0] for w in frame["what"]]  # red = hypothetical
@@ -490,7 +490,7 @@ def cost_comparison(frame: pd.DataFrame, title: str) -> go.Figure:
 def freeze_curve(frame: pd.DataFrame, current: int) -> go.Figure:
     """Trainable params and step cost per number of unfrozen blocks; columns `unfrozen blocks`,
     `trainable params`, `step MACs per image`."""
-    fig = _figure("Layer freezing", "Unfrozen top blocks (0 = head only)", "Trainable parameters (millions)")
+    fig = figure("Layer freezing", "Unfrozen top blocks (0 = head only)", "Trainable parameters (millions)")
     if frame.empty:
         return _empty(fig, "Nothing to show")
     x = frame["unfrozen blocks"]
@@ -529,7 +529,7 @@ def freeze_curve(frame: pd.DataFrame, current: int) -> go.Figure:
 
 def feature_pca(frame: pd.DataFrame, explained: Sequence[float]) -> go.Figure:
     """2-D PCA of bottleneck vectors coloured by class; columns `x`, `y`, `label`, `file`."""
-    fig = _figure(
+    fig = figure(
         "Cached bottleneck features, first two principal components",
         f"PC 1 ({explained[0]:.0%} of variance)",
         f"PC 2 ({explained[1]:.0%} of variance)",
@@ -577,7 +577,7 @@ def experiment_curves(
 def accuracy_at_steps(frame: pd.DataFrame) -> go.Figure:
     """Accuracy against training steps (log axis); columns `step`, `validation_accuracy`,
     `test_accuracy` (NaN where there is none)."""
-    fig = _figure(
+    fig = figure(
         "Accuracy against training steps", "Training steps (log scale)", "Accuracy (fraction correct)"
     )
     if frame.empty or frame["validation_accuracy"].isna().all():
@@ -606,7 +606,7 @@ def accuracy_at_steps(frame: pd.DataFrame) -> go.Figure:
 # --- conversion & timing figures ---
 def format_bars(frame: pd.DataFrame, column: str, title: str, axis_title: str, fmt: str = ".2f") -> go.Figure:
     """One bar per exported format (`format` column) of a numeric `column` of the comparison matrix."""
-    fig = _figure(title, "Format", axis_title, height=340)
+    fig = figure(title, "Format", axis_title, height=340)
     rows = frame.dropna(subset=[column]) if column in frame else frame.iloc[0:0]
     if rows.empty:
         return _empty(fig, "Nothing measured yet")
@@ -635,7 +635,7 @@ def _legend_below_title(fig: go.Figure) -> go.Figure:
 
 def format_latency(frame: pd.DataFrame) -> go.Figure:
     """Warm single-image latency per format (ms); columns format, latency_p50_ms, latency_p95_ms."""
-    fig = _figure("Warm single-image latency", "Format", "Latency (ms, model only)", height=340)
+    fig = figure("Warm single-image latency", "Format", "Latency (ms, model only)", height=340)
     if frame.empty or "latency_p50_ms" not in frame:
         return _empty(fig, "Nothing measured yet")
     series = _series(frame, "format", {"latency_p50_ms": "median (p50)", "latency_p95_ms": "p95"})
@@ -645,7 +645,7 @@ def format_latency(frame: pd.DataFrame) -> go.Figure:
 
 def format_fidelity(frame: pd.DataFrame) -> go.Figure:
     """Test accuracy and top-1 agreement with Keras per format; columns format, accuracy, agreement."""
-    fig = _figure("Accuracy, agreement", "Format", "Fraction of test images", 340)
+    fig = figure("Accuracy, agreement", "Format", "Fraction of test images", 340)
     if frame.empty or "accuracy" not in frame:
         return _empty(fig, "Nothing measured yet")
     series = _series(frame, "format", {"accuracy": "test accuracy", "agreement": "same top-1 as Keras"})
@@ -659,7 +659,7 @@ def phase_times(frame: pd.DataFrame, backbone: str) -> go.Figure:
 
     Columns: phase (label), setup, per_item_ms.
     """
-    fig = _figure(f"{backbone}: time per item", "Phase", "Milliseconds per item (log scale)", height=380)
+    fig = figure(f"{backbone}: time per item", "Phase", "Milliseconds per item (log scale)", height=380)
     if frame.empty:
         return _empty(fig, "No timings for this backbone")
     grouped_bars(fig, frame, "phase", "per_item_ms", by="setup", text=_ms_text)
@@ -679,7 +679,7 @@ def _ms_text(ms: float) -> str:
 
 def phase_speedups(frame: pd.DataFrame) -> go.Figure:
     """GPU speed-up over the CPU per phase and backbone; columns phase (label), backbone, speedup."""
-    fig = _figure("GPU speed-up over the CPU", "Phase", "Speed-up (CPU time ÷ GPU time, ×)", height=380)
+    fig = figure("GPU speed-up over the CPU", "Phase", "Speed-up (CPU time ÷ GPU time, ×)", height=380)
     rows = frame.dropna(subset=["speedup"]) if "speedup" in frame else frame.iloc[0:0]
     if rows.empty:
         return _empty(fig, "No GPU timings: import a classmate's to compare")
@@ -694,7 +694,7 @@ def prediction_pair(frame: pd.DataFrame) -> go.Figure:
     Args:
         frame: columns `class`, `probability` (0..1) and `run` (the series, two values).
     """
-    fig = _figure("The same photo, two runs", "Class", "Probability", height=320)
+    fig = figure("The same photo, two runs", "Class", "Probability", height=320)
     if frame.empty:
         return _empty(fig, "No prediction")
     grouped_bars(fig, frame, "class", "probability", "run", text=lambda v: f"{v:.0%}")

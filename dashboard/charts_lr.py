@@ -12,29 +12,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.charts import METRIC_LABELS, PALETTE, TEMPLATE
+from dashboard.charts import METRIC_LABELS, PALETTE, figure, legend_below
 
 
 def _figure(title: str, x_title: str, y_title: str, height: int = 400) -> go.Figure:
-    fig = go.Figure()
-    fig.update_layout(
-        template=TEMPLATE,
-        title=title,
-        height=height,
-        xaxis_title=x_title,
-        yaxis_title=y_title,
-        # the legend gets its own rows at the foot of the figure, under the axis title: beside the
-        # title it collides with it and the toolbar, and in a narrow column a title has no room to share
-        legend={
-            "orientation": "h",
-            "x": 0,
-            "xanchor": "left",
-            "y": 0,
-            "yref": "container",
-            "yanchor": "bottom",
-        },
-        margin={"t": 50, "b": 120},
-    )
+    """A lab figure whose legend gets its own rows at the foot, under the axis title: beside the title it
+    collides with it and the toolbar, and in a narrow column a title has no room to share."""
+    fig = legend_below(figure(title, x_title, y_title, height - 44), rows=2)
+    fig.update_layout(margin={"t": 50})
     return fig
 
 
