@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.errors import Cancelled, LabError
-from engine.features import extract, litert
+from engine.features import extract, litert, onnx_forward
 from engine.features.cache import FeatureCache, model_key
 from engine.features.extract import extract_features, feature_extractor
 
@@ -80,18 +80,28 @@ def test_auto_uses_tensorflow_for_a_few_images_when_nothing_is_converted(tmp_pat
     assert not litert.cached(model_key(SMALL, "random"))
 
 
-def test_conversion_is_cancellable_between_steps_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        "litert",
+        pytest.param(
+            "onnx", marks=pytest.mark.skipif(bool(onnx_forward.available()), reason="no ONNX Runtime")
+        ),
+    ],
+)
+def test_conversion_is_cancellable_between_steps_and_writes_nothing(tmp_path, runtime):
+    """Both runtimes run engine/features/converted.py's driver: a cancel after the first step
+    leaves no file, no remembered refusal and no work folder."""
     seen = []
-
-    def cancel():
-        return len(seen) >= 1  # after the first step's event
-
     with pytest.raises(Cancelled):
-        feature_extractor(SMALL, "random", runtime="litert", progress=seen.append, cancel=cancel)
-    assert seen and seen[0]["phase"] == "convert"
+        feature_extractor(
+            SMALL, "random", runtime=runtime, progress=seen.append, cancel=lambda: len(seen) >= 1
+        )
+    module = extract.CONVERTED[runtime]
+    assert seen and seen[0]["phase"] == "convert" and seen[0]["format"] == f"{runtime}-backbone"
     key = model_key(SMALL, "random")
-    assert not litert.cached(key) and litert.known_failure(key) is None
-    assert not list(litert.model_path(key).parent.glob(".convert-*"))  # the work folder is gone
+    assert not module.cached(key) and module.known_failure(key) is None
+    assert not list(module.model_path(key).parent.glob(".convert-*"))  # the work folder is gone
 
 
 def test_a_conversion_that_disagrees_falls_back_to_tensorflow_with_its_reason(tmp_path, monkeypatch):

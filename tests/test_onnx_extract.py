@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.errors import Cancelled, LabError
+from engine.errors import LabError
 from engine.features import extract, litert, onnx_forward
 from engine.features.cache import FeatureCache, model_key
 from engine.features.extract import extract_features, feature_extractor
@@ -73,18 +73,6 @@ def test_auto_runs_the_runtime_whose_conversion_measured_faster(tmp_path):
     assert again.runtime == other and again.model is None
     pixels = np.random.default_rng(2).uniform(0, 255, (3, 128, 128, 3)).astype(np.float32)
     np.testing.assert_allclose(again.run(pixels), first.run(pixels), atol=2 * onnx_forward.TOLERANCE)
-
-
-def test_onnx_conversion_is_cancellable_between_steps_and_writes_nothing(tmp_path):
-    seen = []
-    with pytest.raises(Cancelled):
-        feature_extractor(
-            SMALL, "random", runtime="onnx", progress=seen.append, cancel=lambda: len(seen) >= 1
-        )
-    key = model_key(SMALL, "random")
-    assert seen[0]["format"] == "onnx-backbone"
-    assert not onnx_forward.cached(key) and onnx_forward.known_failure(key) is None
-    assert not list(onnx_forward.model_path(key).parent.glob(".convert-*"))
 
 
 def test_a_refused_onnx_conversion_is_remembered_and_auto_uses_litert(tmp_path, monkeypatch):

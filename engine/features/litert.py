@@ -12,34 +12,29 @@ batch times the forward pass (process CPU ms per image, best of a few runs), rec
 next to the file: extract.py's "auto" compares it with ONNX Runtime's figure, measured the same way
 (engine/features/onnx_forward.py), to run each backbone in the faster of the two.
 
+What the two runtimes share (file naming, the conversion driver, the refusal and details files,
+the probe and timing) is engine/features/converted.py; this module keeps the interpreter wrapper
+and the conversion call.
+
 Features from both runtimes therefore agree within `TOLERANCE`, and the cache keeps one key for
 them (tests/test_litert_extract.py checks the agreement on the real weights and photos).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine import config
+from engine.features.converted import STEPS, Runtime, cpu_ms_per_image, probe  # noqa: F401 (re-exported)
 from engine.machine import usable_cores
-from engine.progress import CancelFn, ProgressFn, check_cancel, emit
+from engine.progress import CancelFn, ProgressFn
 
 TOLERANCE = 1e-4  # max abs difference from TensorFlow's features that LiteRT's may have
 FORMAT_VERSION = "litert-backbone-v2"  # bump when the conversion changes (v2: timed at conversion)
-_PROBE_IMAGES = 4
-_TIMING_RUNS = 3
-_TIMING_BATCH = 16  # images per timed call: nearer the batches extraction runs
-STEPS = 3
 
 
 class LiteForward:
@@ -72,104 +67,27 @@ class LiteForward:
             return self.interpreter.get_tensor(self._output)
 
 
-def versions() -> str:
-    """The converter and runtime versions a converted file depends on."""
-    from importlib import metadata
-
-    def v(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "none"
-
-    return f"tf={v('tensorflow')}:litert={v('ai-edge-litert')}:keras={v('keras')}"
-
-
-def model_path(key: str) -> Path:
-    """Where the converted backbone of model key `key` lives (it may not exist yet)."""
-    digest = hashlib.sha256(f"{key}|{versions()}|{FORMAT_VERSION}".encode()).hexdigest()[:24]
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key.split("|")[0])[:40]
-    return config.litert_dir() / f"{safe}-{digest}.tflite"
-
-
-def _failure_path(path: Path) -> Path:
-    return path.with_suffix(".failed.json")
-
-
-def available() -> str | None:
-    """None when LiteRT can run here, else why not (one line)."""
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401
-    except ImportError as exc:
-        return f"ai-edge-litert is not installed ({exc})"
-    return None
-
-
-def cached(key: str) -> bool:
-    """Whether a checked conversion of `key` is on disk."""
-    return model_path(key).is_file()
-
-
-def known_failure(key: str) -> str | None:
-    """The reason an earlier conversion of `key` was refused, if one was."""
-    try:
-        return json.loads(_failure_path(model_path(key)).read_text())["reason"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def details(key: str) -> dict[str, Any]:
-    """What the conversion of `key` recorded (max_abs_diff, cpu_ms_per_image, ...); {} if nothing."""
-    try:
-        data = json.loads(model_path(key).with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def load(key: str) -> LiteForward | None:
-    """The converted backbone of `key` if it is on disk and loads; a damaged file is removed."""
-    path = model_path(key)
-    if not path.is_file():
-        return None
-    try:
-        return LiteForward(path)
-    except (ValueError, RuntimeError):
-        path.unlink(missing_ok=True)  # damaged: the next conversion writes it anew
-        return None
-
-
-def probe(size: int) -> np.ndarray:
-    """The fixed pixels the agreement check and the timing use (ONNX Runtime's conversion too)."""
-    return np.random.default_rng(0).integers(0, 256, (_PROBE_IMAGES, size, size, 3)).astype(np.float32)
-
-
-def cpu_ms_per_image(forward, pixels: np.ndarray, runs: int = _TIMING_RUNS) -> float:
-    """Process CPU milliseconds per image of `forward` on `pixels` repeated to a batch of
-    `_TIMING_BATCH` (the probe's 4 images favour a runtime that is quick on tiny batches), best of
-    `runs` after one warm-up.
-
-    CPU time, not wall time: other processes on a shared machine barely move it, so two runtimes
-    timed at different moments still compare.
-    """
-    pixels = np.concatenate([pixels] * -(-_TIMING_BATCH // len(pixels)))[:_TIMING_BATCH]
-    forward(pixels)
-    best = float("inf")
-    for _ in range(runs):
-        start = time.process_time()
-        forward(pixels)
-        best = min(best, time.process_time() - start)
-    return best / len(pixels) * 1000
+RUNTIME = Runtime(
+    short="LiteRT",
+    runtime="LiteRT",
+    fmt="litert-backbone",
+    folder=config.litert_dir,
+    suffix=".tflite",
+    format_version=FORMAT_VERSION,
+    dists=(("tf", "tensorflow"), ("litert", "ai-edge-litert"), ("keras", "keras")),
+    needs=(("ai_edge_litert.interpreter", "ai-edge-litert"),),
+    forward=LiteForward,
+    load_errors=(ValueError, RuntimeError),
+)
+versions, model_path, available = RUNTIME.versions, RUNTIME.model_path, RUNTIME.available
+cached, known_failure, details, load = RUNTIME.cached, RUNTIME.known_failure, RUNTIME.details, RUNTIME.load
 
 
 def convert(
-    key: str,
-    model,
-    input_size: int,
-    progress: ProgressFn | None = None,
-    cancel: CancelFn | None = None,
+    key: str, model, input_size: int, progress: ProgressFn | None = None, cancel: CancelFn | None = None
 ) -> tuple[LiteForward | None, str | None, dict[str, Any]]:
-    """Convert the Keras feature extractor `model` (0..255 pixels in) and keep it if it agrees.
+    """Convert the Keras feature extractor `model` (0..255 pixels in) to a .tflite file and keep it
+    if it agrees with TensorFlow within TOLERANCE (engine/features/converted.py's driver).
 
     Returns (forward, None, details) on success; (None, reason, details) when the conversion fails
     or its features differ from TensorFlow's by more than TOLERANCE (the reason is remembered).
@@ -177,55 +95,10 @@ def convert(
     Raises:
         Cancelled: between steps; nothing is written.
     """
+    return RUNTIME.convert(key, model, input_size, _to_tflite, TOLERANCE, progress, cancel)
+
+
+def _to_tflite(saved_model: Path, dest: Path) -> None:
     import tensorflow as tf
 
-    path = model_path(key)
-    name = key.split("|")[0]
-
-    def step(done: int, message: str) -> None:
-        check_cancel(cancel)
-        emit(progress, "convert", done, STEPS, message, format="litert-backbone", backbone=name)
-
-    details: dict[str, Any] = {"key": key, "versions": versions(), "tolerance": TOLERANCE}
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=path.parent))
-    try:
-        step(0, f"Converting {name} to LiteRT: exporting the graph (step 1 of {STEPS})")
-        try:
-            model.export(str(work / "saved_model"), format="tf_saved_model", verbose=False)
-        except Exception as exc:  # exporters and converters raise many kinds: TensorFlow stays
-            return None, _remember(path, _failed("export", exc), details), details
-        step(1, f"Converting {name} to LiteRT: converting (step 2 of {STEPS})")
-        try:
-            flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(work / "saved_model")).convert()
-        except Exception as exc:
-            return None, _remember(path, _failed("conversion", exc), details), details
-        step(2, f"Converting {name} to LiteRT: checking against TensorFlow and timing (step 3 of {STEPS})")
-        candidate = work / "model.tflite"
-        candidate.write_bytes(flatbuffer)
-        pixels = probe(input_size)
-        lite = LiteForward(candidate)
-        diff = float(np.max(np.abs(lite(pixels) - model(pixels, training=False).numpy())))
-        details["max_abs_diff"] = diff
-        if not np.isfinite(diff) or diff > TOLERANCE:
-            reason = f"LiteRT features differ from TensorFlow's by {diff:.2e} (max abs) > {TOLERANCE:g}"
-            return None, _remember(path, reason, details), details
-        details["cpu_ms_per_image"] = round(cpu_ms_per_image(lite, pixels), 3)
-        check_cancel(cancel)
-        os.replace(candidate, path)  # atomic: readers see the whole checked file or none
-        _failure_path(path).unlink(missing_ok=True)
-        path.with_suffix(".json").write_text(json.dumps(details, indent=1))
-        emit(progress, "convert", STEPS, STEPS, f"Converted {name} to LiteRT", format="litert-backbone")
-        return LiteForward(path), None, details
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _failed(what: str, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"LiteRT {what} failed: {first}"
-
-
-def _remember(path: Path, reason: str, details: dict[str, Any]) -> str:
-    details["reason"] = reason
-    _failure_path(path).write_text(json.dumps(details, indent=1))
-    return reason
+    dest.write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert())
