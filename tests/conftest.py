@@ -56,3 +56,16 @@ def seeded_keras_home(tmp_path, monkeypatch) -> Path:
     shutil.copy(weights, home / "models" / weights.name)
     monkeypatch.setenv("KERAS_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def forget_converted_extractors():
+    """Drop the LiteRT / ONNX Runtime extractors kept in memory: each test has its own LAB_HOME, so
+    nothing converted for one test may carry over to the next."""
+    from engine.features import extract
+
+    for kept in extract._FAST.values():
+        kept.clear()
+    yield
+    for kept in extract._FAST.values():
+        kept.clear()

@@ -16,13 +16,7 @@ REAL = "mobilenet_0.25_224"
 SMALL = "mobilenet_0.25_128"
 
 
-@pytest.fixture(autouse=True)
-def _forget_loaded_extractors():
-    for kept in extract._FAST.values():  # each test has its own LAB_HOME: nothing converted carries over
-        kept.clear()
-    yield
-    for kept in extract._FAST.values():
-        kept.clear()
+pytestmark = pytest.mark.usefixtures("forget_converted_extractors")
 
 
 @pytest.mark.slow
