@@ -64,13 +64,28 @@ def add_coral(tab) -> None:
     """Upload Coral's ImageNet classifier with its labels in 'More models' and add it to the chosen models."""
     tab.locator("[data-testid=stExpander] summary", has_text="More models").click()
     uploaders = tab.locator("[data-testid=stExpander] [data-testid=stFileUploader]")
-    uploaders.nth(0).locator("input[type=file]").set_input_files(str(CORAL_MODEL))
-    uploaders.nth(0).locator(f"[data-testid=stFileChipName][title='{CORAL_MODEL.name}']").wait_for()
-    uploaders.nth(1).locator("input[type=file]").set_input_files(str(CORAL_LABELS))
-    uploaders.nth(1).locator(f"[data-testid=stFileChipName][title='{CORAL_LABELS.name}']").wait_for()
-    wait_idle(tab)
+    upload(tab, uploaders.nth(0), CORAL_MODEL)
+    upload(tab, uploaders.nth(1), CORAL_LABELS)
     tab.locator("button", has_text="Add this model").click()
     tab.locator("[data-testid=stMultiSelect]", has_text="(uploaded)").wait_for()
+    wait_idle(tab)
+
+
+def upload(tab, uploader, path: Path, tries: int = 3) -> None:
+    """Give `uploader` a file and wait until its chip shows. The upload before it reruns the script; a file
+    set while that rerun replaces the widget can be dropped, so it is set again (at most `tries` times)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    chip = uploader.locator(f"[data-testid=stFileChipName][title='{path.name}']")
+    for attempt in range(tries):
+        wait_idle(tab)
+        uploader.locator("input[type=file]").set_input_files(str(path))
+        try:
+            chip.wait_for(timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
     wait_idle(tab)
 
 
