@@ -93,9 +93,9 @@ def flowers_zip(flowers: Path, folder: Path) -> Path:
     return path
 
 
-# long enough (~10 s in a warm worker on 2 cores) for this tab to see the curves grow and a second
+# long enough (~25 s in a warm worker on 2 cores) for this tab to see the curves grow and a second
 # tab to find the job still running
-SECOND_RUN_STEPS = 12000
+SECOND_RUN_STEPS = 30000
 
 
 def train(
